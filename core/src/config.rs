@@ -1,0 +1,214 @@
+//! Typed configuration, parsed from wrangler `[vars]` (all strings; JSON where structured).
+//!
+//! Every value has a default so an empty environment is a working development setup. A value
+//! that is present but malformed is an error naming the variable: the gateway refuses to run on
+//! a configuration it does not understand rather than guessing.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::balancer::{validate_group, ProviderSpec};
+use crate::experiment::{ExperimentDef, Variant};
+use crate::rate_limit::TokenBucketPolicy;
+use crate::validate;
+use crate::GatewayError;
+
+/// An experiment as written in the `EXPERIMENTS` variable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentVar {
+    /// Hash seed (defaults to the experiment name).
+    #[serde(default)]
+    pub seed: Option<String>,
+    /// Arms.
+    pub variants: Vec<VariantVar>,
+}
+
+/// An arm as written in JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantVar {
+    /// Arm name.
+    pub name: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Parameters (a JSON object).
+    #[serde(default)]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ExperimentVar {
+    /// Converts to a validated definition for experiment `name`.
+    pub fn into_def(self, name: &str) -> Result<ExperimentDef, GatewayError> {
+        let def = ExperimentDef {
+            seed: self.seed.unwrap_or_else(|| name.to_string()),
+            variants: self
+                .variants
+                .into_iter()
+                .map(|v| Variant {
+                    name: v.name,
+                    weight: v.weight,
+                    params: serde_json::Value::Object(v.params.unwrap_or_default()).to_string(),
+                })
+                .collect(),
+        };
+        def.validate()?;
+        Ok(def)
+    }
+}
+
+/// The gateway's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `ENVIRONMENT`: `development` or `production`.
+    pub environment: String,
+    /// `MAX_BODY_BYTES`: largest accepted request body (413 above).
+    pub max_body_bytes: usize,
+    /// `RATE_LIMIT_SHARDS`: rate-limiter objects keys are spread over.
+    pub rate_limit_shards: u32,
+    /// `CACHE_SHARDS`: cache objects keys are spread over.
+    pub cache_shards: u32,
+    /// `AGGREGATOR_SHARDS`: metric-ingest objects.
+    pub aggregator_shards: u32,
+    /// `CACHE_MAX_ENTRIES` per shard.
+    pub cache_max_entries: usize,
+    /// `CACHE_MAX_BYTES` per shard.
+    pub cache_max_bytes: u64,
+    /// `CACHE_DEFAULT_TTL_S`.
+    pub cache_default_ttl_s: u64,
+    /// `RATE_LIMIT_GC_INTERVAL_MS`: idle-bucket collection period.
+    pub rate_limit_gc_interval_ms: u64,
+    /// `CACHE_SWEEP_INTERVAL_MS`: expiry sweep period (earlier when an entry expires sooner).
+    pub cache_sweep_interval_ms: u64,
+    /// `PROVIDER_PROBE_INTERVAL_MS`: active health-probe period.
+    pub provider_probe_interval_ms: u64,
+    /// `EXPERIMENT_ANALYSIS_INTERVAL_MS`.
+    pub experiment_analysis_interval_ms: u64,
+    /// `ROLLUP_INTERVAL_MS`: aggregator sealing period.
+    pub rollup_interval_ms: u64,
+    /// `RATE_LIMIT_POLICIES`: JSON `{"name": {"capacity":..,"refill":..,"period_ms":..}}`.
+    pub rate_limit_policies: BTreeMap<String, TokenBucketPolicy>,
+    /// `PROVIDERS`: JSON `{"group": [{"name":..,"url":..,"weight":..}]}`.
+    pub providers: BTreeMap<String, Vec<ProviderSpec>>,
+    /// `EXPERIMENTS`: JSON `{"name": {"variants":[{"name":..,"weight":..,"params":{..}}]}}`.
+    pub experiments: BTreeMap<String, ExperimentDef>,
+}
+
+fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, GatewayError> {
+    match get(var) {
+        None => Ok(default),
+        Some(s) => match s.trim().parse::<T>() {
+            Ok(v) if v >= min && v <= max => Ok(v),
+            _ => Err(GatewayError::Internal(format!(
+                "configuration: {var} must be a number in {min}..={max}, got {s:?}"
+            ))),
+        },
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(
+    get: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: &str,
+) -> Result<T, GatewayError> {
+    let text = get(var).unwrap_or_else(|| default.to_string());
+    serde_json::from_str(&text)
+        .map_err(|e| GatewayError::Internal(format!("configuration: {var} is not valid: {e}")))
+}
+
+const DEFAULT_POLICIES: &str = r#"{"default":{"capacity":100,"refill":100,"period_ms":60000}}"#;
+
+impl Config {
+    /// Parses the configuration from a variable lookup (`env.var(name)` in the worker).
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, GatewayError> {
+        let policies: BTreeMap<String, TokenBucketPolicy> =
+            json(get, "RATE_LIMIT_POLICIES", DEFAULT_POLICIES)?;
+        for (name, p) in &policies {
+            validate::name("policy", name)
+                .and_then(|_| p.validated())
+                .map_err(|e| GatewayError::Internal(format!("configuration: policy {name}: {e}")))?;
+        }
+        let providers: BTreeMap<String, Vec<ProviderSpec>> = json(get, "PROVIDERS", "{}")?;
+        for (group, specs) in &providers {
+            validate::name("group", group)
+                .and_then(|_| validate_group(specs))
+                .map_err(|e| GatewayError::Internal(format!("configuration: group {group}: {e}")))?;
+        }
+        let experiments_raw: BTreeMap<String, ExperimentVar> = json(get, "EXPERIMENTS", "{}")?;
+        let mut experiments = BTreeMap::new();
+        for (name, e) in experiments_raw {
+            let def = validate::name("experiment", &name)
+                .and_then(|_| e.into_def(&name))
+                .map_err(|e| GatewayError::Internal(format!("configuration: experiment {name}: {e}")))?;
+            experiments.insert(name, def);
+        }
+        Ok(Config {
+            environment: get("ENVIRONMENT").unwrap_or_else(|| "development".into()),
+            max_body_bytes: num(get, "MAX_BODY_BYTES", 1 << 20, 1024, 100 << 20)?,
+            rate_limit_shards: num(get, "RATE_LIMIT_SHARDS", 64, 1, 65_536)?,
+            cache_shards: num(get, "CACHE_SHARDS", 16, 1, 65_536)?,
+            aggregator_shards: num(get, "AGGREGATOR_SHARDS", 4, 1, 256)?,
+            cache_max_entries: num(get, "CACHE_MAX_ENTRIES", 10_000, 1, 10_000_000)?,
+            cache_max_bytes: num(get, "CACHE_MAX_BYTES", 16 << 20, 1024, 64 << 20)?,
+            cache_default_ttl_s: num(get, "CACHE_DEFAULT_TTL_S", 300, 1, 31_536_000)?,
+            rate_limit_gc_interval_ms: num(get, "RATE_LIMIT_GC_INTERVAL_MS", 300_000, 100, 86_400_000)?,
+            cache_sweep_interval_ms: num(get, "CACHE_SWEEP_INTERVAL_MS", 60_000, 100, 86_400_000)?,
+            provider_probe_interval_ms: num(get, "PROVIDER_PROBE_INTERVAL_MS", 15_000, 100, 86_400_000)?,
+            experiment_analysis_interval_ms: num(
+                get,
+                "EXPERIMENT_ANALYSIS_INTERVAL_MS",
+                60_000,
+                100,
+                86_400_000,
+            )?,
+            rollup_interval_ms: num(get, "ROLLUP_INTERVAL_MS", 60_000, 100, 86_400_000)?,
+            rate_limit_policies: policies,
+            providers,
+            experiments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_environment_gives_working_defaults() {
+        let c = Config::from_lookup(&|_| None).unwrap();
+        assert_eq!(c.cache_shards, 16);
+        assert_eq!(c.rate_limit_policies["default"].capacity, 100);
+        assert!(c.providers.is_empty());
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let e = Config::from_lookup(&|k| (k == "CACHE_SHARDS").then(|| "0".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("CACHE_SHARDS"));
+        let e = Config::from_lookup(&|k| (k == "PROVIDERS").then(|| "{\"g\":[]}".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("group g"));
+    }
+
+    #[test]
+    fn parses_structured_variables() {
+        let c = Config::from_lookup(&|k| match k {
+            "PROVIDERS" => Some(r#"{"llm":[{"name":"a","url":"http://127.0.0.1:9/a","weight":2}]}"#.into()),
+            "EXPERIMENTS" => Some(r#"{"ttl":{"variants":[{"name":"control","weight":50,"params":{"cache_ttl_s":86400}},{"name":"treatment","weight":50}]}}"#.into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.providers["llm"][0].weight, 2);
+        assert_eq!(c.providers["llm"][0].health_path, "/health");
+        assert_eq!(c.experiments["ttl"].seed, "ttl");
+        assert_eq!(c.experiments["ttl"].variants[0].params, r#"{"cache_ttl_s":86400}"#);
+    }
+}

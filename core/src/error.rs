@@ -1,0 +1,113 @@
+//! The one error type. Variants are classified by what the caller should do; the mapping to an
+//! HTTP status and an RFC 9457 problem lives in exactly one place ([`GatewayError::status`] and
+//! [`crate::problem::Problem::from_error`]).
+//!
+//! A rate-limit denial is **not** an error: it is a `Decision` value.
+
+use thiserror::Error;
+
+/// Every way a request can fail.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum GatewayError {
+    /// The request is malformed (bad JSON, wrong type, out-of-range value): fix the request.
+    #[error("{detail}")]
+    BadRequest {
+        /// Short machine-readable slug, e.g. `invalid-json`.
+        kind: &'static str,
+        /// What is wrong, for a human.
+        detail: String,
+    },
+    /// No admin token was presented to an admin route: authenticate.
+    #[error("this route needs `Authorization: Bearer <ADMIN_TOKEN>`")]
+    Unauthorized,
+    /// An admin token was presented but is wrong, or admin access is disabled: do not retry.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Nothing lives at this path, or the named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The path exists but not for this method.
+    #[error("method {method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed {
+        /// The method that was used.
+        method: String,
+        /// Comma-separated allowed methods (goes into the `Allow` header).
+        allowed: &'static str,
+    },
+    /// The body is larger than the configured limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request conflicts with current state (e.g. a definition that already exists).
+    #[error("{0}")]
+    Conflict(String),
+    /// An upstream or internal hop failed in a way the client may retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stored state could not be decoded, or the platform failed: a bug or corruption.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// Shorthand for a [`GatewayError::BadRequest`].
+    pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Self {
+        GatewayError::BadRequest {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// The HTTP status this error maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest { .. } => 400,
+            GatewayError::Unauthorized => 401,
+            GatewayError::Forbidden(_) => 403,
+            GatewayError::NotFound(_) => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::Conflict(_) => 409,
+            GatewayError::PayloadTooLarge { .. } => 413,
+            GatewayError::Unavailable(_) => 503,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// The slug used in the problem `type` URI.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest { kind, .. } => kind,
+            GatewayError::Unauthorized => "unauthorized",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::NotFound(_) => "not-found",
+            GatewayError::MethodNotAllowed { .. } => "method-not-allowed",
+            GatewayError::Conflict(_) => "conflict",
+            GatewayError::PayloadTooLarge { .. } => "payload-too-large",
+            GatewayError::Unavailable(_) => "unavailable",
+            GatewayError::Internal(_) => "internal",
+        }
+    }
+
+    /// A short human title, constant per kind of problem.
+    pub fn title(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest { .. } => "Bad request",
+            GatewayError::Unauthorized => "Unauthorized",
+            GatewayError::Forbidden(_) => "Forbidden",
+            GatewayError::NotFound(_) => "Not found",
+            GatewayError::MethodNotAllowed { .. } => "Method not allowed",
+            GatewayError::Conflict(_) => "Conflict",
+            GatewayError::PayloadTooLarge { .. } => "Payload too large",
+            GatewayError::Unavailable(_) => "Service unavailable",
+            GatewayError::Internal(_) => "Internal error",
+        }
+    }
+}
+
+impl From<postcard::Error> for GatewayError {
+    fn from(e: postcard::Error) -> Self {
+        GatewayError::Internal(format!("internal message could not be decoded: {e}"))
+    }
+}

@@ -1,0 +1,76 @@
+//! Messages for `ProviderHealthDO`.
+
+use serde::{Deserialize, Serialize};
+
+use super::ObjectStats;
+use crate::balancer::{Outcome, Pick, ProviderHealth, ProviderSpec};
+
+/// A request to a provider group's object. Every message names the group, so the object knows
+/// which defaults from configuration apply on first use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Pick a provider.
+    Pick {
+        /// Group name.
+        group: String,
+    },
+    /// Report an outcome.
+    Report {
+        /// Group name.
+        group: String,
+        /// Provider name.
+        provider: String,
+        /// What happened.
+        outcome: Outcome,
+    },
+    /// Replace the group's providers (admin).
+    Configure {
+        /// Group name.
+        group: String,
+        /// The new providers.
+        providers: Vec<ProviderSpec>,
+    },
+    /// Live state.
+    Status {
+        /// Group name.
+        group: String,
+    },
+}
+
+/// One provider's live state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderStatus {
+    /// Configuration.
+    pub spec: ProviderSpec,
+    /// In rotation now.
+    pub healthy: bool,
+    /// Health counters.
+    pub health: ProviderHealth,
+}
+
+/// A group's live state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Group name.
+    pub group: String,
+    /// Providers.
+    pub providers: Vec<ProviderStatus>,
+    /// Alarm and schema bookkeeping.
+    pub object: ObjectStats,
+}
+
+/// A reply from a provider group's object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The chosen provider.
+    Picked(Pick),
+    /// Outcome recorded.
+    Reported,
+    /// Configuration stored.
+    Configured {
+        /// Number of providers.
+        providers: u32,
+    },
+    /// Live state.
+    Status(GroupStatus),
+}

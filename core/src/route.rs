@@ -1,0 +1,281 @@
+//! The public HTTP surface as data: `route(method, path)` -> [`Route`].
+//!
+//! Parsing routes here (instead of in a router inside the worker) keeps every path rule, every
+//! percent-decoding rule and every 404/405 decision testable natively.
+//! Keys may contain `/`: the remaining segments are decoded one by one and joined with `/`.
+
+use crate::validate;
+use crate::GatewayError;
+
+/// Rate-limit operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitOp {
+    /// `POST`: consume tokens.
+    Take,
+    /// `GET`: decide without consuming.
+    Peek,
+    /// `DELETE` (admin): forget the key's state.
+    Reset,
+}
+
+/// Cache operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOp {
+    /// `GET`/`HEAD`.
+    Get,
+    /// `PUT`.
+    Put,
+    /// `DELETE`.
+    Delete,
+}
+
+/// Components with a per-object `stats` endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// `ratelimit` shards (`0..RATE_LIMIT_SHARDS`).
+    RateLimit,
+    /// `cache` shards (`0..CACHE_SHARDS`).
+    Cache,
+    /// `providers` groups.
+    Providers,
+    /// `experiments` by name.
+    Experiments,
+    /// `aggregator` shards (`0..AGGREGATOR_SHARDS`).
+    Aggregator,
+}
+
+/// A matched route with its decoded, validated parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /health`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `/v1/ratelimit/{policy}/{key...}`.
+    RateLimit {
+        /// Policy name.
+        policy: String,
+        /// Caller key.
+        key: String,
+        /// Operation.
+        op: RateLimitOp,
+    },
+    /// `/v1/cache/{namespace}/{key...}`.
+    Cache {
+        /// Namespace.
+        namespace: String,
+        /// Key within the namespace.
+        key: String,
+        /// Operation.
+        op: CacheOp,
+    },
+    /// `GET /v1/providers`.
+    ProvidersList,
+    /// `GET /v1/providers/{group}`.
+    ProviderStatus(String),
+    /// `PUT /v1/providers/{group}` (admin).
+    ProviderConfigure(String),
+    /// `POST /v1/providers/{group}/pick`.
+    ProviderPick(String),
+    /// `POST /v1/providers/{group}/report`.
+    ProviderReport(String),
+    /// `GET /v1/experiments/{name}`.
+    ExperimentGet(String),
+    /// `PUT /v1/experiments/{name}` (admin).
+    ExperimentDefine(String),
+    /// `POST /v1/experiments/{name}/assign`.
+    ExperimentAssign(String),
+    /// `POST /v1/experiments/{name}/events`.
+    ExperimentEvent(String),
+    /// `POST /v1/events`: metric events.
+    EventsIngest,
+    /// `GET /v1/stats/{component}/{id}`.
+    Stats {
+        /// Which kind of object.
+        component: Component,
+        /// Shard number or name.
+        id: String,
+    },
+}
+
+impl Route {
+    /// Whether the route changes configuration or state that needs the admin token.
+    pub fn requires_admin(&self) -> bool {
+        matches!(
+            self,
+            Route::ProviderConfigure(_)
+                | Route::ExperimentDefine(_)
+                | Route::RateLimit { op: RateLimitOp::Reset, .. }
+        )
+    }
+}
+
+fn not_allowed(method: &str, allowed: &'static str) -> GatewayError {
+    GatewayError::MethodNotAllowed { method: method.to_string(), allowed }
+}
+
+fn rest_key(segments: &[&str]) -> Result<String, GatewayError> {
+    let parts: Result<Vec<String>, _> = segments.iter().map(|s| validate::percent_decode(s)).collect();
+    let key = parts?.join("/");
+    validate::key("key", &key)?;
+    Ok(key)
+}
+
+fn name(what: &'static str, segment: &str) -> Result<String, GatewayError> {
+    let decoded = validate::percent_decode(segment)?;
+    validate::name(what, &decoded)?;
+    Ok(decoded)
+}
+
+/// Matches `method` and `path` (still percent-encoded, without query) to a route.
+pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
+    let not_found = || GatewayError::NotFound(format!("no route for {path}"));
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let segs: Vec<&str> = trimmed.split('/').collect();
+    let m = method;
+    let is = |want: &str| m.eq_ignore_ascii_case(want);
+    match segs.as_slice() {
+        ["health"] => {
+            if is("GET") || is("HEAD") {
+                Ok(Route::Health)
+            } else {
+                Err(not_allowed(m, "GET, HEAD"))
+            }
+        }
+        ["metrics"] => {
+            if is("GET") {
+                Ok(Route::Metrics)
+            } else {
+                Err(not_allowed(m, "GET"))
+            }
+        }
+        ["v1", "ratelimit", policy, rest @ ..] if !rest.is_empty() => {
+            let op = if is("POST") {
+                RateLimitOp::Take
+            } else if is("GET") {
+                RateLimitOp::Peek
+            } else if is("DELETE") {
+                RateLimitOp::Reset
+            } else {
+                return Err(not_allowed(m, "GET, POST, DELETE"));
+            };
+            Ok(Route::RateLimit { policy: name("policy", policy)?, key: rest_key(rest)?, op })
+        }
+        ["v1", "cache", namespace, rest @ ..] if !rest.is_empty() => {
+            let op = if is("GET") || is("HEAD") {
+                CacheOp::Get
+            } else if is("PUT") {
+                CacheOp::Put
+            } else if is("DELETE") {
+                CacheOp::Delete
+            } else {
+                return Err(not_allowed(m, "GET, HEAD, PUT, DELETE"));
+            };
+            Ok(Route::Cache { namespace: name("namespace", namespace)?, key: rest_key(rest)?, op })
+        }
+        ["v1", "providers"] => {
+            if is("GET") {
+                Ok(Route::ProvidersList)
+            } else {
+                Err(not_allowed(m, "GET"))
+            }
+        }
+        ["v1", "providers", group] => {
+            let g = name("group", group)?;
+            if is("GET") {
+                Ok(Route::ProviderStatus(g))
+            } else if is("PUT") {
+                Ok(Route::ProviderConfigure(g))
+            } else {
+                Err(not_allowed(m, "GET, PUT"))
+            }
+        }
+        ["v1", "providers", group, action @ ("pick" | "report")] => {
+            if !is("POST") {
+                return Err(not_allowed(m, "POST"));
+            }
+            let g = name("group", group)?;
+            Ok(if *action == "pick" { Route::ProviderPick(g) } else { Route::ProviderReport(g) })
+        }
+        ["v1", "experiments", exp] => {
+            let n = name("experiment", exp)?;
+            if is("GET") {
+                Ok(Route::ExperimentGet(n))
+            } else if is("PUT") {
+                Ok(Route::ExperimentDefine(n))
+            } else {
+                Err(not_allowed(m, "GET, PUT"))
+            }
+        }
+        ["v1", "experiments", exp, action @ ("assign" | "events")] => {
+            if !is("POST") {
+                return Err(not_allowed(m, "POST"));
+            }
+            let n = name("experiment", exp)?;
+            Ok(if *action == "assign" { Route::ExperimentAssign(n) } else { Route::ExperimentEvent(n) })
+        }
+        ["v1", "events"] => {
+            if is("POST") {
+                Ok(Route::EventsIngest)
+            } else {
+                Err(not_allowed(m, "POST"))
+            }
+        }
+        ["v1", "stats", component, id] => {
+            let component = match *component {
+                "ratelimit" => Component::RateLimit,
+                "cache" => Component::Cache,
+                "providers" => Component::Providers,
+                "experiments" => Component::Experiments,
+                "aggregator" => Component::Aggregator,
+                _ => return Err(not_found()),
+            };
+            if !is("GET") {
+                return Err(not_allowed(m, "GET"));
+            }
+            Ok(Route::Stats { component, id: name("id", id)? })
+        }
+        _ => Err(not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_every_route() {
+        assert_eq!(route("GET", "/health").unwrap(), Route::Health);
+        assert_eq!(
+            route("POST", "/v1/ratelimit/default/user%3A42").unwrap(),
+            Route::RateLimit { policy: "default".into(), key: "user:42".into(), op: RateLimitOp::Take }
+        );
+        assert_eq!(
+            route("GET", "/v1/cache/titles/a/b%20c").unwrap(),
+            Route::Cache { namespace: "titles".into(), key: "a/b c".into(), op: CacheOp::Get }
+        );
+        assert_eq!(route("POST", "/v1/providers/llm/pick").unwrap(), Route::ProviderPick("llm".into()));
+        assert_eq!(route("PUT", "/v1/experiments/ttl").unwrap(), Route::ExperimentDefine("ttl".into()));
+        assert_eq!(
+            route("GET", "/v1/stats/cache/3").unwrap(),
+            Route::Stats { component: Component::Cache, id: "3".into() }
+        );
+    }
+
+    #[test]
+    fn wrong_method_is_405_unknown_path_is_404_bad_segment_is_400() {
+        assert_eq!(route("PATCH", "/v1/cache/a/b").unwrap_err().status(), 405);
+        assert_eq!(route("GET", "/v2/nothing").unwrap_err().status(), 404);
+        assert_eq!(route("GET", "/v1/cache/a").unwrap_err().status(), 404);
+        assert_eq!(route("GET", "/v1/cache/bad%20ns/k").unwrap_err().status(), 400);
+        assert_eq!(route("GET", "/v1/cache/ns/%00").unwrap_err().status(), 400);
+        assert_eq!(route("GET", "/v1/cache/ns/%zz").unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn admin_routes_are_flagged() {
+        assert!(route("PUT", "/v1/providers/g").unwrap().requires_admin());
+        assert!(route("DELETE", "/v1/ratelimit/p/k").unwrap().requires_admin());
+        assert!(!route("POST", "/v1/ratelimit/p/k").unwrap().requires_admin());
+    }
+}
