@@ -156,7 +156,7 @@ impl Config {
             cache_shards: num(get, "CACHE_SHARDS", 16, 1, 65_536)?,
             aggregator_shards: num(get, "AGGREGATOR_SHARDS", 4, 1, 256)?,
             cache_max_entries: num(get, "CACHE_MAX_ENTRIES", 10_000, 1, 10_000_000)?,
-            cache_max_bytes: num(get, "CACHE_MAX_BYTES", 16 << 20, 1024, 64 << 20)?,
+            cache_max_bytes: num(get, "CACHE_MAX_BYTES", 4 << 20, 1024, 64 << 20)?,
             cache_default_ttl_s: num(get, "CACHE_DEFAULT_TTL_S", 300, 1, 31_536_000)?,
             rate_limit_gc_interval_ms: num(get, "RATE_LIMIT_GC_INTERVAL_MS", 300_000, 100, 86_400_000)?,
             cache_sweep_interval_ms: num(get, "CACHE_SWEEP_INTERVAL_MS", 60_000, 100, 86_400_000)?,

@@ -17,6 +17,7 @@ use crate::{GatewayError, UnixMillis};
 
 /// One upstream provider as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     /// Unique name within the group (`[A-Za-z0-9_.-]{1,64}`).
     pub name: String,

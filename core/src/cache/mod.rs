@@ -384,3 +384,44 @@ mod tests {
         assert_eq!(c.bytes(), LruTtlCache::<u8>::weight_of("a", 7));
     }
 }
+
+/// Longest accepted TTL: one year.
+pub const MAX_TTL_S: u64 = 31_536_000;
+
+/// Reads `max-age` from a `Cache-Control` header value (directives are case-insensitive;
+/// other directives are ignored). `Ok(None)` when absent; an invalid or out-of-range value
+/// (0 or above [`MAX_TTL_S`]) is a 400.
+pub fn parse_max_age(cache_control: &str) -> Result<Option<u64>, GatewayError> {
+    for directive in cache_control.split(',') {
+        let directive = directive.trim();
+        let Some((name, value)) = directive.split_once('=') else { continue };
+        if !name.trim().eq_ignore_ascii_case("max-age") {
+            continue;
+        }
+        let value = value.trim().trim_matches('"');
+        return match value.parse::<u64>() {
+            Ok(v) if (1..=MAX_TTL_S).contains(&v) => Ok(Some(v)),
+            _ => Err(GatewayError::bad_request(
+                "invalid-ttl",
+                format!("Cache-Control max-age must be an integer in 1..={MAX_TTL_S}"),
+            )),
+        };
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_and_validated() {
+        assert_eq!(parse_max_age("public, max-age=60").unwrap(), Some(60));
+        assert_eq!(parse_max_age("MAX-AGE=\"5\"").unwrap(), Some(5));
+        assert_eq!(parse_max_age("no-cache").unwrap(), None);
+        assert!(parse_max_age("max-age=0").is_err());
+        assert!(parse_max_age("max-age=-1").is_err());
+        assert!(parse_max_age("max-age=abc").is_err());
+        assert!(parse_max_age("max-age=99999999999999999999").is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! The five Durable Object adapters and what they share: the SQLite helpers, the migration
+//! runner, the reply encoding and the alarm bookkeeping.
+//!
+//! An adapter does, per request: make sure the schema is migrated, read the time once, make one
+//! synchronous call into `gateway-core`, persist what changed with synchronous `sql.exec` calls
+//! (no `.await` in between, so the input gate makes it atomic), arm the alarm if none is set, and
+//! answer. Business logic lives in the core.
+
+pub mod aggregator;
+pub mod cache_shard;
+pub mod experiment;
+pub mod provider_health;
+pub mod rate_limiter;
+
+use std::cell::Cell;
+
+use gateway_core::alarm::AlarmStats;
+use gateway_core::migrate::{pending, Migration, BOOKKEEPING_SQL};
+use gateway_core::protocol::{self, ObjectStats, Reply, WireError};
+use gateway_core::{GatewayError, UnixMillis};
+use serde::Serialize;
+use worker::{Response, ScheduledTime, SqlStorage, SqlStorageValue, State};
+
+/// The migrations of each object, embedded at build time from `migrations/`.
+pub mod migrations {
+    use gateway_core::migrate::Migration;
+
+    macro_rules! m {
+        ($v:expr, $dir:literal, $file:literal) => {
+            Migration {
+                version: $v,
+                name: $file,
+                sql: include_str!(concat!("../migrations/", $dir, "/", $file)),
+            }
+        };
+    }
+
+    /// `RateLimiterDO`.
+    pub const RATE_LIMITER: &[Migration] = &[m!(1, "rate_limiter", "0001_init.sql")];
+    /// `CacheShardDO`.
+    pub const CACHE_SHARD: &[Migration] = &[m!(1, "cache_shard", "0001_init.sql")];
+    /// `ProviderHealthDO`.
+    pub const PROVIDER_HEALTH: &[Migration] = &[m!(1, "provider_health", "0001_init.sql")];
+    /// `ExperimentDO`.
+    pub const EXPERIMENT: &[Migration] = &[m!(1, "experiment", "0001_init.sql")];
+    /// `AggregatorDO`.
+    pub const AGGREGATOR: &[Migration] = &[m!(1, "aggregator", "0001_init.sql")];
+}
+
+/// Maps a platform error inside an object to a core error.
+pub fn platform(e: worker::Error) -> GatewayError {
+    GatewayError::Internal(format!("storage: {e}"))
+}
+
+/// A thin typed wrapper over the object's SQLite.
+pub struct Db(pub SqlStorage);
+
+impl Db {
+    /// Runs a statement, consuming any rows.
+    pub fn exec(&self, query: &str, binds: Vec<SqlStorageValue>) -> Result<(), GatewayError> {
+        let cursor = self.0.exec(query, binds).map_err(platform)?;
+        for row in cursor.raw() {
+            row.map_err(platform)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a statement and returns how many rows it wrote.
+    pub fn exec_count(&self, query: &str, binds: Vec<SqlStorageValue>) -> Result<u64, GatewayError> {
+        let cursor = self.0.exec(query, binds).map_err(platform)?;
+        for row in cursor.raw() {
+            row.map_err(platform)?;
+        }
+        Ok(cursor.rows_written() as u64)
+    }
+
+    /// Runs a query and returns every row as raw values.
+    pub fn rows(
+        &self,
+        query: &str,
+        binds: Vec<SqlStorageValue>,
+    ) -> Result<Vec<Vec<SqlStorageValue>>, GatewayError> {
+        let cursor = self.0.exec(query, binds).map_err(platform)?;
+        cursor.raw().map(|r| r.map_err(platform)).collect()
+    }
+
+    /// The first column of the first row as an integer.
+    pub fn scalar(&self, query: &str, binds: Vec<SqlStorageValue>) -> Result<Option<i64>, GatewayError> {
+        Ok(self.rows(query, binds)?.first().and_then(|r| r.first()).and_then(int))
+    }
+
+    /// An integer from the `_meta` table (0 when absent).
+    pub fn meta(&self, key: &str) -> Result<i64, GatewayError> {
+        Ok(self.scalar("SELECT value FROM _meta WHERE key = ?", vec![key.into()])?.unwrap_or(0))
+    }
+
+    /// Sets an integer in `_meta`.
+    pub fn set_meta(&self, key: &str, value: i64) -> Result<(), GatewayError> {
+        self.exec(
+            "INSERT INTO _meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            vec![key.into(), value.into()],
+        )
+    }
+
+    /// Adds to an integer in `_meta`.
+    pub fn add_meta(&self, key: &str, delta: i64) -> Result<(), GatewayError> {
+        self.exec(
+            "INSERT INTO _meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+            vec![key.into(), delta.into()],
+        )
+    }
+}
+
+/// An integer column (SQLite integers arrive as JS numbers).
+pub fn int(v: &SqlStorageValue) -> Option<i64> {
+    match v {
+        SqlStorageValue::Integer(i) => Some(*i),
+        SqlStorageValue::Float(f) if f.fract() == 0.0 => Some(*f as i64),
+        SqlStorageValue::Boolean(b) => Some(i64::from(*b)),
+        _ => None,
+    }
+}
+
+/// A text column.
+pub fn text(v: &SqlStorageValue) -> Option<String> {
+    match v {
+        SqlStorageValue::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A blob column.
+pub fn blob(v: &SqlStorageValue) -> Option<&[u8]> {
+    match v {
+        SqlStorageValue::Blob(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// Column `i` of `row`, or a corruption error.
+pub fn col(row: &[SqlStorageValue], i: usize) -> Result<&SqlStorageValue, GatewayError> {
+    row.get(i).ok_or_else(|| GatewayError::Internal(format!("row is missing column {i}")))
+}
+
+/// Decodes a postcard blob persisted by this code.
+pub fn decode_blob<T: serde::de::DeserializeOwned>(v: &SqlStorageValue) -> Result<T, GatewayError> {
+    let bytes = blob(v).ok_or_else(|| GatewayError::Internal("expected a blob".into()))?;
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// Encodes a value as a postcard blob.
+pub fn encode_blob<T: Serialize>(v: &T) -> Result<SqlStorageValue, GatewayError> {
+    Ok(SqlStorageValue::Blob(postcard::to_allocvec(v)?))
+}
+
+/// The migration runner: creates the bookkeeping tables, applies pending migrations in order
+/// (each with its bookkeeping row, synchronously, so a crash never leaves one half-recorded),
+/// and returns the schema version. Running it again is a no-op.
+pub fn migrate(db: &Db, all: &[Migration], now: UnixMillis) -> Result<u32, GatewayError> {
+    db.exec(BOOKKEEPING_SQL, vec![])?;
+    db.exec("CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID", vec![])?;
+    let applied: Vec<u32> = db
+        .rows("SELECT version FROM _migrations", vec![])?
+        .iter()
+        .filter_map(|r| r.first().and_then(int))
+        .filter_map(|v| u32::try_from(v).ok())
+        .collect();
+    for m in pending(all, &applied)? {
+        db.exec(m.sql, vec![])?;
+        db.exec(
+            "INSERT INTO _migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            vec![i64::from(m.version).into(), m.name.into(), now.0.into()],
+        )?;
+    }
+    Ok(all.len() as u32)
+}
+
+/// The time, read once per request or alarm.
+pub fn now() -> UnixMillis {
+    UnixMillis(js_sys::Date::now() as i64)
+}
+
+/// State every adapter carries besides its component: schema and alarm flags.
+pub struct Base {
+    /// The platform state.
+    pub state: State,
+    /// Schema version once migrated (0 before).
+    schema: Cell<u32>,
+    /// Whether an alarm is known to be set.
+    alarm_armed: Cell<bool>,
+}
+
+impl Base {
+    /// Wraps the object's state.
+    pub fn new(state: State) -> Self {
+        Base { state, schema: Cell::new(0), alarm_armed: Cell::new(false) }
+    }
+
+    /// The object's SQLite, migrated on first use.
+    pub fn db(&self, all: &[Migration], now: UnixMillis) -> Result<Db, GatewayError> {
+        let db = Db(self.state.storage().sql());
+        if self.schema.get() == 0 {
+            self.schema.set(migrate(&db, all, now)?);
+        }
+        Ok(db)
+    }
+
+    /// Common stats: alarm runs and schema version.
+    pub fn object_stats(&self, db: &Db) -> Result<ObjectStats, GatewayError> {
+        let runs = db.meta("alarm_runs")?;
+        let last = db.meta("alarm_last_run_at")?;
+        Ok(ObjectStats {
+            alarm: AlarmStats {
+                runs: u64::try_from(runs).unwrap_or(0),
+                last_run_at: (last > 0).then_some(UnixMillis(last)),
+            },
+            schema_version: self.schema.get(),
+        })
+    }
+
+    /// Records a completed alarm run (call last in the alarm handler, in the same synchronous
+    /// block as the alarm's writes).
+    pub fn record_alarm_run(&self, db: &Db, now: UnixMillis) -> Result<(), GatewayError> {
+        db.add_meta("alarm_runs", 1)?;
+        db.set_meta("alarm_last_run_at", now.0)
+    }
+
+    /// Arms the alarm at `at` unless one is already set (checked once per object instance; the
+    /// defensive re-arm DESIGN.md asks for).
+    pub async fn ensure_alarm(&self, at: UnixMillis) -> worker::Result<()> {
+        if self.alarm_armed.get() {
+            return Ok(());
+        }
+        let storage = self.state.storage();
+        if storage.get_alarm().await?.is_none() {
+            storage.set_alarm(scheduled(at)).await?;
+        }
+        self.alarm_armed.set(true);
+        Ok(())
+    }
+
+    /// Sets the next alarm (from the alarm handler), or clears the flag when there is none.
+    pub async fn rearm(&self, at: Option<UnixMillis>) -> worker::Result<()> {
+        match at {
+            Some(at) => {
+                self.state.storage().set_alarm(scheduled(at)).await?;
+                self.alarm_armed.set(true);
+            }
+            None => self.alarm_armed.set(false),
+        }
+        Ok(())
+    }
+}
+
+fn scheduled(at: UnixMillis) -> ScheduledTime {
+    ScheduledTime::new(js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(at.0 as f64)))
+}
+
+/// Encodes a reply as the response body. If even encoding fails, the error is encoded instead.
+pub fn respond<T: Serialize>(reply: Result<T, GatewayError>) -> worker::Result<Response> {
+    let wire: Reply<T> = reply.map_err(WireError::from);
+    let bytes = match protocol::encode(&wire) {
+        Ok(b) => b,
+        Err(e) => protocol::encode(&Reply::<()>::Err(WireError::from(e))).unwrap_or_default(),
+    };
+    Response::from_bytes(bytes)
+}
+
+/// Decodes a request body into the object's message type.
+pub fn decode_request<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
+    protocol::decode(bytes)
+}
+
+/// Reads the configuration inside an object.
+pub fn config(env: &worker::Env) -> Result<std::rc::Rc<gateway_core::config::Config>, GatewayError> {
+    crate::config::config(env)
+}

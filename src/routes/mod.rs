@@ -1,0 +1,54 @@
+//! Route handlers: one module per component behind one dispatch.
+
+pub mod cache;
+pub mod events;
+pub mod experiments;
+pub mod health;
+pub mod providers;
+pub mod ratelimit;
+pub mod stats;
+
+use gateway_core::config::Config;
+use gateway_core::route::Route;
+use gateway_core::UnixMillis;
+use worker::{Context, Env, Request, Response};
+
+use crate::error::AppResult;
+
+/// The time, read once per request (it does not advance during a request in production).
+pub fn now() -> UnixMillis {
+    UnixMillis(js_sys::Date::now() as i64)
+}
+
+/// Calls the handler for `route`.
+pub async fn dispatch(
+    route: Route,
+    req: Request,
+    env: &Env,
+    ctx: &Context,
+    cfg: &Config,
+    request_id: &str,
+) -> AppResult<Response> {
+    let _ = ctx;
+    match route {
+        Route::Health => health::health(cfg),
+        Route::Metrics => events::metrics(req, env, cfg).await,
+        Route::EventsIngest => events::ingest(req, env, cfg, request_id).await,
+        Route::RateLimit { policy, key, op } => {
+            ratelimit::handle(req, env, cfg, request_id, &policy, &key, op).await
+        }
+        Route::Cache { namespace, key, op } => {
+            cache::handle(req, env, cfg, request_id, &namespace, &key, op).await
+        }
+        Route::ProvidersList => providers::list(env, cfg).await,
+        Route::ProviderStatus(group) => providers::status(env, &group).await,
+        Route::ProviderConfigure(group) => providers::configure(req, env, cfg, &group).await,
+        Route::ProviderPick(group) => providers::pick(env, &group).await,
+        Route::ProviderReport(group) => providers::report(req, env, cfg, &group).await,
+        Route::ExperimentGet(name) => experiments::get(env, &name).await,
+        Route::ExperimentDefine(name) => experiments::define(req, env, cfg, &name).await,
+        Route::ExperimentAssign(name) => experiments::assign(req, env, cfg, &name).await,
+        Route::ExperimentEvent(name) => experiments::event(req, env, cfg, &name).await,
+        Route::Stats { component, id } => stats::stats(env, cfg, component, &id).await,
+    }
+}

@@ -1,0 +1,98 @@
+//! `/v1/providers`: live status, configuration (admin), pick and outcome reports.
+
+use futures::future::join_all;
+use gateway_core::balancer::{Outcome, ProviderSpec};
+use gateway_core::config::Config;
+use gateway_core::protocol::providers::{Request as PRequest, Response as PResponse};
+use gateway_core::GatewayError;
+use serde::Deserialize;
+use worker::{Env, Request, Response};
+
+use crate::error::AppResult;
+use crate::http::{json, parse_json, read_body};
+use crate::stub::{binding, call, unexpected};
+
+/// The object owning a provider group.
+pub fn object_name(group: &str) -> String {
+    format!("providers:{group}")
+}
+
+async fn send(env: &Env, group: &str, msg: PRequest) -> AppResult<PResponse> {
+    call(env, binding::PROVIDER_HEALTH, &object_name(group), &msg).await
+}
+
+/// `GET /v1/providers`: every configured group's live state, fetched concurrently.
+pub async fn list(env: &Env, cfg: &Config) -> AppResult<Response> {
+    let calls = cfg
+        .providers
+        .keys()
+        .map(|g| send(env, g, PRequest::Status { group: g.clone() }));
+    let mut groups = Vec::new();
+    for r in join_all(calls).await {
+        match r? {
+            PResponse::Status(s) => groups.push(s),
+            _ => return Err(unexpected("provider health")),
+        }
+    }
+    json(&serde_json::json!({ "groups": groups }), 200)
+}
+
+/// `GET /v1/providers/{group}`.
+pub async fn status(env: &Env, group: &str) -> AppResult<Response> {
+    match send(env, group, PRequest::Status { group: group.into() }).await? {
+        PResponse::Status(s) => json(&s, 200),
+        _ => Err(unexpected("provider health")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigureBody {
+    providers: Vec<ProviderSpec>,
+}
+
+/// `PUT /v1/providers/{group}` (admin): replaces the group's providers.
+pub async fn configure(mut req: Request, env: &Env, cfg: &Config, group: &str) -> AppResult<Response> {
+    let body: ConfigureBody = parse_json(&read_body(&mut req, cfg.max_body_bytes).await?)?;
+    gateway_core::balancer::validate_group(&body.providers)?;
+    match send(env, group, PRequest::Configure { group: group.into(), providers: body.providers }).await? {
+        PResponse::Configured { providers } => {
+            json(&serde_json::json!({ "group": group, "providers": providers }), 200)
+        }
+        _ => Err(unexpected("provider health")),
+    }
+}
+
+/// `POST /v1/providers/{group}/pick`.
+pub async fn pick(env: &Env, group: &str) -> AppResult<Response> {
+    match send(env, group, PRequest::Pick { group: group.into() }).await? {
+        PResponse::Picked(p) => json(&p, 200),
+        _ => Err(unexpected("provider health")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportBody {
+    provider: String,
+    ok: bool,
+    latency_ms: u32,
+}
+
+/// `POST /v1/providers/{group}/report`: `{"provider":"a","ok":true,"latency_ms":12}`.
+pub async fn report(mut req: Request, env: &Env, cfg: &Config, group: &str) -> AppResult<Response> {
+    let body: ReportBody = parse_json(&read_body(&mut req, cfg.max_body_bytes.min(4096)).await?)?;
+    gateway_core::validate::name("provider", &body.provider)?;
+    if body.latency_ms > 600_000 {
+        return Err(GatewayError::bad_request("invalid-report", "latency_ms must be at most 600000").into());
+    }
+    let msg = PRequest::Report {
+        group: group.into(),
+        provider: body.provider,
+        outcome: Outcome { ok: body.ok, latency_ms: body.latency_ms },
+    };
+    match send(env, group, msg).await? {
+        PResponse::Reported => json(&serde_json::json!({ "recorded": true }), 200),
+        _ => Err(unexpected("provider health")),
+    }
+}
