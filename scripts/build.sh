@@ -7,5 +7,9 @@ cd "$ROOT"
 if [ ! -x "$ROOT/.tools/bin/worker-build" ] || [ ! -x "$WASM_BINDGEN_BIN" ] || [ ! -x "$WASM_OPT_BIN" ]; then
     bash "$ROOT/scripts/setup.sh"
 fi
+# The e2e harness and `make dev` build once and set EG_PREBUILT so every runtime start is fast.
+if [ "${EG_PREBUILT:-}" = "1" ] && [ -f build/index.js ] && [ -f build/index_bg.wasm ]; then
+    exit 0
+fi
 echo "==> worker-build --release"
 worker-build --release

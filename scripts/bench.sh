@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `make bench`: end-to-end load on the release build under `workerd serve` directly (no wrangler
+# proxy), Durable Object storage on tmpfs, workerd pinned to CPU 0 and wrk (-t1) to CPU 1.
+# Every route is measured in the same run as the `/health` baseline (no Durable Object hop),
+# interleaved over several rounds; results are ratios to that baseline (docs/BENCHMARKS.md).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+
+ROUNDS="${BENCH_ROUNDS:-3}"
+DURATION="${BENCH_DURATION:-5s}"
+CONNS="${BENCH_CONNECTIONS:-16}"
+PORT="${BENCH_PORT:-8799}"
+OUT=.bench
+STATE=/dev/shm/edge-gateway-bench-$$
+mkdir -p "$OUT" "$STATE"
+rm -f "$OUT"/*.txt
+
+command -v wrk >/dev/null || { echo "wrk is missing: run scripts/setup.sh bench" >&2; exit 1; }
+[ -f build/index.js ] || bash scripts/build.sh
+
+# Configuration for the bench: a policy that never denies, so every take is a consuming write.
+python3 scripts/bench_config.py "$OUT/workerd.capnp" "$PORT" "$STATE"
+
+WORKERD="$ROOT/node_modules/.bin/workerd"
+taskset -c 0 "$WORKERD" serve "$OUT/workerd.capnp" --experimental > "$OUT/workerd.log" 2>&1 &
+WPID=$!
+trap 'kill $WPID 2>/dev/null || true; rm -rf "$STATE"' EXIT
+B="http://127.0.0.1:$PORT"
+for _ in $(seq 1 100); do curl -sf "$B/health" >/dev/null && break; sleep 0.1; done
+curl -sf "$B/health" >/dev/null || { cat "$OUT/workerd.log"; exit 1; }
+
+# Warm-up state: a cache entry to hit, a provider group, an experiment unit.
+curl -sf -X PUT -H 'Cache-Control: max-age=3600' --data 'hot value' "$B/v1/cache/bench/hot" >/dev/null
+curl -sf -X POST "$B/v1/providers/demo/pick" >/dev/null
+curl -sf -X POST -d '{"unit":"bench-unit"}' "$B/v1/experiments/title-search-ttl/assign" >/dev/null
+
+mkdir -p "$OUT/lua"
+post() { # name body
+    printf 'wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n' "$2" > "$OUT/lua/$1.lua"
+}
+post ratelimit '""'
+post providers '""'
+post experiment "'{\"unit\":\"bench-unit\"}'"
+post aggregator "'{\"events\":[{\"status\":200,\"latency_ms\":12,\"cache\":\"hit\"}]}'"
+printf 'wrk.method = "GET"\n' > "$OUT/lua/get.lua"
+
+declare -A PATHS=(
+    [health]="/health get"
+    [ratelimit]="/v1/ratelimit/bench/one-key ratelimit"
+    [cache_hit]="/v1/cache/bench/hot get"
+    [providers]="/v1/providers/demo/pick providers"
+    [experiment]="/v1/experiments/title-search-ttl/assign experiment"
+    [aggregator]="/v1/events aggregator"
+)
+ORDER=(health ratelimit cache_hit providers experiment aggregator)
+for round in $(seq 1 "$ROUNDS"); do
+    for name in "${ORDER[@]}"; do
+        read -r path script <<< "${PATHS[$name]}"
+        echo "==> round $round: $name ($path)"
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$OUT/lua/$script.lua" "$B$path" \
+            > "$OUT/$name.$round.txt" 2>&1
+    done
+done
+
+python3 scripts/bench_report.py "$OUT" "$ROUNDS" "$CONNS" "$DURATION"

@@ -1,0 +1,81 @@
+"""Summarises `make bench` runs (argv: dir, rounds, connections, duration) into
+docs/BENCHMARKS.md: per route the median throughput and p50/p99 latency, and the median over
+rounds of each round's ratio to the /health baseline measured in the same round."""
+import datetime
+import os
+import re
+import statistics
+import sys
+
+d, rounds, conns, duration = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+order = ["health", "ratelimit", "cache_hit", "providers", "experiment", "aggregator"]
+label = {
+    "health": "`GET /health` (baseline, no DO hop)",
+    "ratelimit": "`POST /v1/ratelimit/bench/one-key` (RateLimiterDO, one SQLite write)",
+    "cache_hit": "`GET /v1/cache/bench/hot` (CacheShardDO hit, no write)",
+    "providers": "`POST /v1/providers/demo/pick` (ProviderHealthDO)",
+    "experiment": "`POST /v1/experiments/title-search-ttl/assign` (ExperimentDO, sticky read)",
+    "aggregator": "`POST /v1/events` (AggregatorDO ingest, one SQLite write)",
+}
+
+
+def unit_ms(v, u):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]
+
+
+def parse(path):
+    text = open(path).read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    lat = {}
+    for p in ("50", "99"):
+        m = re.search(rf"^\s+{p}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        lat[p] = unit_ms(*m.groups()) if m else float("nan")
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    return rps, lat["50"], lat["99"], int(non2xx.group(1)) if non2xx else 0
+
+
+runs = {n: [parse(os.path.join(d, f"{n}.{r}.txt")) for r in range(1, rounds + 1)] for n in order}
+rows = []
+for n in order:
+    rps = [x[0] for x in runs[n]]
+    p50 = [x[1] for x in runs[n]]
+    p99 = [x[2] for x in runs[n]]
+    ratio_rps = [runs[n][i][0] / runs["health"][i][0] for i in range(rounds)]
+    ratio_p50 = [runs[n][i][1] / runs["health"][i][1] for i in range(rounds)]
+    ratio_p99 = [runs[n][i][2] / runs["health"][i][2] for i in range(rounds)]
+    errors = sum(x[3] for x in runs[n])
+    rows.append(f"| {label[n]} | {statistics.median(rps):,.0f} | {statistics.median(ratio_rps):.2f} | "
+                f"{statistics.median(p50):.2f} | {statistics.median(ratio_p50):.2f} | "
+                f"{statistics.median(p99):.2f} | {statistics.median(ratio_p99):.2f} | {errors} |")
+
+size = "not measured (run `make test` first)"
+log = "target/deploy-dry-run.log"
+if os.path.exists(log):
+    m = re.search(r"Total Upload:\s*([\d.]+ KiB)\s*/\s*gzip:\s*([\d.]+ KiB)", open(log).read())
+    if m:
+        size = f"{m.group(1)} total, **{m.group(2)} gzip**"
+wasm = os.path.getsize("build/index_bg.wasm") / 1024 if os.path.exists("build/index_bg.wasm") else 0
+
+section = f"""<!-- bench:start -->
+## Latest `make bench` ({datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M')} UTC)
+
+Release build under `workerd serve` (no wrangler proxy), Durable Object SQLite on tmpfs, workerd on
+CPU 0, `wrk -t1 -c{conns} -d{duration}` on CPU 1, {rounds} interleaved rounds. Ratios are the median
+over rounds of (route / `/health` in the same round); absolute numbers on this shared 2-core VM are
+noise, the ratios are the result.
+
+| route | req/s | × health | p50 ms | × health | p99 ms | × health | non-2xx |
+|---|---:|---:|---:|---:|---:|---:|---:|
+{chr(10).join(rows)}
+
+Bundle (`wrangler deploy --dry-run`): {size}; `index_bg.wasm` {wasm:.0f} KiB.
+<!-- bench:end -->"""
+
+doc = "docs/BENCHMARKS.md"
+text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
+if "<!-- bench:start -->" in text:
+    text = re.sub(r"<!-- bench:start -->.*<!-- bench:end -->", lambda _: section, text, flags=re.S)
+else:
+    text = text.rstrip() + "\n\n" + section + "\n"
+open(doc, "w").write(text)
+print(section)

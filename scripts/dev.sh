@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `make dev`: the mock upstream (demo providers alpha/beta/gamma on 127.0.0.1:9100) and
+# `wrangler dev` on 127.0.0.1:8787 with local SQLite state in .wrangler/state. Ctrl-C stops both.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+
+if [ ! -f .dev.vars ]; then
+    token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    printf 'ADMIN_TOKEN=%s\n' "$token" > .dev.vars
+    echo "==> wrote .dev.vars with a new ADMIN_TOKEN (git-ignored)"
+fi
+
+echo "==> building the mock upstream"
+cargo build --release -q -p mock-upstream
+./target/release/mock-upstream --port 9100 &
+MOCK=$!
+trap 'kill $MOCK 2>/dev/null || true' EXIT INT TERM
+
+echo "==> gateway on http://127.0.0.1:8787 (admin token in .dev.vars); Ctrl-C stops"
+EG_PREBUILT=1 npx wrangler dev --ip 127.0.0.1 --port 8787 --persist-to .wrangler/state
