@@ -29,9 +29,15 @@ impl AggregatorDO {
         if self.rollup.borrow().is_some() {
             return Ok(());
         }
-        let mut r = Rollup { sealed_before: UnixMillis(db.meta("sealed_before")?), ..Rollup::default() };
+        let mut r = Rollup {
+            sealed_before: UnixMillis(db.meta("sealed_before")?),
+            ..Rollup::default()
+        };
         let since = now.plus_ms(-RETENTION_MS).0;
-        for row in db.rows("SELECT minute, window FROM windows WHERE minute >= ?", vec![since.into()])? {
+        for row in db.rows(
+            "SELECT minute, window FROM windows WHERE minute >= ?",
+            vec![since.into()],
+        )? {
             let minute = UnixMillis(int(col(&row, 0)?).unwrap_or(0));
             r.windows.insert(minute, decode_blob(col(&row, 1)?)?);
         }
@@ -43,7 +49,9 @@ impl AggregatorDO {
         let db = self.base.db(migrations::AGGREGATOR, now)?;
         self.loaded(&db, now)?;
         let mut guard = self.rollup.borrow_mut();
-        let r = guard.as_mut().ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
+        let r = guard
+            .as_mut()
+            .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
         match msg {
             Request::Ingest { events } => {
                 for e in &events {
@@ -63,7 +71,9 @@ impl AggregatorDO {
                 Ok((Reply::Ingested(result), true))
             }
             Request::Snapshot { since } => Ok((
-                Reply::Snapshot { windows: r.windows.range(since..).map(|(k, v)| (*k, *v)).collect() },
+                Reply::Snapshot {
+                    windows: r.windows.range(since..).map(|(k, v)| (*k, *v)).collect(),
+                },
                 false,
             )),
             Request::Stats => Ok((
@@ -80,18 +90,25 @@ impl AggregatorDO {
     }
 
     fn interval(&self) -> u64 {
-        super::config(&self.env).map(|c| c.rollup_interval_ms).unwrap_or(60_000)
+        super::config(&self.env)
+            .map(|c| c.rollup_interval_ms)
+            .unwrap_or(60_000)
     }
 
     fn seal(&self, now: UnixMillis) -> Result<bool, GatewayError> {
         let db = self.base.db(migrations::AGGREGATOR, now)?;
         self.loaded(&db, now)?;
         let mut guard = self.rollup.borrow_mut();
-        let r = guard.as_mut().ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
+        let r = guard
+            .as_mut()
+            .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
         let sealed = r.on_alarm(now);
         let cutoff = now.plus_ms(-RETENTION_MS);
         r.windows = r.windows.split_off(&cutoff);
-        db.exec("DELETE FROM windows WHERE minute < ?", vec![cutoff.0.into()])?;
+        db.exec(
+            "DELETE FROM windows WHERE minute < ?",
+            vec![cutoff.0.into()],
+        )?;
         db.set_meta("sealed_before", r.sealed_before.0)?;
         db.add_meta("sealed_windows", i64::from(sealed))?;
         self.base.record_alarm_run(&db, now)?;
@@ -101,7 +118,11 @@ impl AggregatorDO {
 
 impl DurableObject for AggregatorDO {
     fn new(state: State, env: Env) -> Self {
-        AggregatorDO { base: Base::new(state), env, rollup: RefCell::new(None) }
+        AggregatorDO {
+            base: Base::new(state),
+            env,
+            rollup: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
@@ -109,7 +130,9 @@ impl DurableObject for AggregatorDO {
         let now = now();
         let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
         if let Ok((_, true)) = &result {
-            self.base.ensure_alarm(next_alarm(now, self.interval(), None)).await?;
+            self.base
+                .ensure_alarm(next_alarm(now, self.interval(), None))
+                .await?;
         }
         respond(result.map(|(r, _)| r))
     }
@@ -117,7 +140,9 @@ impl DurableObject for AggregatorDO {
     async fn alarm(&self) -> worker::Result<Response> {
         let now = now();
         let active = self.seal(now).map_err(|e| e.to_string())?;
-        self.base.rearm(active.then(|| next_alarm(now, self.interval(), None))).await?;
+        self.base
+            .rearm(active.then(|| next_alarm(now, self.interval(), None)))
+            .await?;
         Response::ok("ok")
     }
 }

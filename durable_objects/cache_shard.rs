@@ -48,14 +48,21 @@ impl CacheShardDO {
         )?;
         let mut dropped = Vec::new();
         for row in rows {
-            let key = text(col(&row, 0)?).ok_or_else(|| GatewayError::Internal("bad key".into()))?;
+            let key =
+                text(col(&row, 0)?).ok_or_else(|| GatewayError::Internal("bad key".into()))?;
             let value = blob(col(&row, 1)?).map(<[u8]>::to_vec).unwrap_or_default();
             let content_type = text(col(&row, 2)?);
             let stored_at = UnixMillis(int(col(&row, 3)?).unwrap_or(now.0));
             let expires_at = UnixMillis(int(col(&row, 4)?).unwrap_or(now.0));
             let len = value.len() as u64;
             // Caps may have been lowered since the entries were written: evict to fit.
-            match cache.insert_at(key.clone(), (value, content_type), len, stored_at, expires_at) {
+            match cache.insert_at(
+                key.clone(),
+                (value, content_type),
+                len,
+                stored_at,
+                expires_at,
+            ) {
                 Ok(removed) => dropped.extend(removed.into_iter().map(|r| r.key)),
                 Err(_) => dropped.push(key),
             }
@@ -76,7 +83,11 @@ impl CacheShardDO {
             .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
         match msg {
             Request::Get { key } => match cache.get(&key, now) {
-                Lookup::Hit { value, age_ms, ttl_left_ms } => {
+                Lookup::Hit {
+                    value,
+                    age_ms,
+                    ttl_left_ms,
+                } => {
                     let reply = Reply::Hit {
                         value: value.0.clone(),
                         content_type: value.1.clone(),
@@ -92,14 +103,28 @@ impl CacheShardDO {
                     Ok((Reply::Expired, false))
                 }
             },
-            Request::Put { key, value, content_type, ttl_ms } => {
+            Request::Put {
+                key,
+                value,
+                content_type,
+                ttl_ms,
+            } => {
                 let len = value.len() as u64;
-                let removed = cache.put(key.clone(), (value.clone(), content_type.clone()), len, ttl_ms, now)?;
+                let removed = cache.put(
+                    key.clone(),
+                    (value.clone(), content_type.clone()),
+                    len,
+                    ttl_ms,
+                    now,
+                )?;
                 let mut evicted = 0u32;
                 for r in &removed {
                     if r.cause != EvictionCause::Replaced {
                         evicted += 1;
-                        db.exec("DELETE FROM entries WHERE key = ?", vec![r.key.as_str().into()])?;
+                        db.exec(
+                            "DELETE FROM entries WHERE key = ?",
+                            vec![r.key.as_str().into()],
+                        )?;
                         self.touched.borrow_mut().remove(&r.key);
                     }
                 }
@@ -144,7 +169,9 @@ impl CacheShardDO {
     }
 
     fn interval(&self) -> u64 {
-        self.cfg().map(|c| c.cache_sweep_interval_ms).unwrap_or(60_000)
+        self.cfg()
+            .map(|c| c.cache_sweep_interval_ms)
+            .unwrap_or(60_000)
     }
 
     /// The expiry sweep and access-time write-back; returns when to wake next.
@@ -157,15 +184,24 @@ impl CacheShardDO {
             .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
         let removed = cache.on_alarm(now);
         // Also catches rows the index never held (e.g. written by an older instance).
-        let swept = db.exec_count("DELETE FROM entries WHERE expires_at <= ?", vec![now.0.into()])?;
+        let swept = db.exec_count(
+            "DELETE FROM entries WHERE expires_at <= ?",
+            vec![now.0.into()],
+        )?;
         let mut touched = self.touched.borrow_mut();
         for r in &removed {
             touched.remove(&r.key);
         }
         for key in touched.drain() {
-            db.exec("UPDATE entries SET last_access = ? WHERE key = ?", vec![now.0.into(), key.into()])?;
+            db.exec(
+                "UPDATE entries SET last_access = ? WHERE key = ?",
+                vec![now.0.into(), key.into()],
+            )?;
         }
-        db.add_meta("swept", i64::try_from(swept.max(removed.len() as u64)).unwrap_or(0))?;
+        db.add_meta(
+            "swept",
+            i64::try_from(swept.max(removed.len() as u64)).unwrap_or(0),
+        )?;
         self.base.record_alarm_run(&db, now)?;
         Ok((!cache.is_empty()).then(|| next_alarm(now, self.interval(), cache.next_deadline())))
     }
@@ -186,8 +222,14 @@ impl DurableObject for CacheShardDO {
         let now = now();
         let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
         if let Ok((_, true)) = &result {
-            let deadline = self.cache.borrow().as_ref().and_then(LruTtlCache::next_deadline);
-            self.base.ensure_alarm(next_alarm(now, self.interval(), deadline)).await?;
+            let deadline = self
+                .cache
+                .borrow()
+                .as_ref()
+                .and_then(LruTtlCache::next_deadline);
+            self.base
+                .ensure_alarm(next_alarm(now, self.interval(), deadline))
+                .await?;
         }
         respond(result.map(|(r, _)| r))
     }

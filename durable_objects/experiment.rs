@@ -24,7 +24,12 @@ pub struct ExperimentDO {
 }
 
 impl ExperimentDO {
-    fn store_def(db: &Db, name: &str, def: &ExperimentDef, now: UnixMillis) -> Result<(), GatewayError> {
+    fn store_def(
+        db: &Db,
+        name: &str,
+        def: &ExperimentDef,
+        now: UnixMillis,
+    ) -> Result<(), GatewayError> {
         db.exec(
             "INSERT INTO definition (id, name, def, updated_at) VALUES (1, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, def = excluded.def, updated_at = excluded.updated_at",
@@ -33,15 +38,24 @@ impl ExperimentDO {
     }
 
     /// The definition: from memory, storage, or configuration (stored on first use), else 404.
-    fn load(&self, db: &Db, name: Option<&str>, now: UnixMillis) -> Result<(String, ExperimentDef), GatewayError> {
+    fn load(
+        &self,
+        db: &Db,
+        name: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<(String, ExperimentDef), GatewayError> {
         if let Some(d) = self.def.borrow().as_ref() {
             return Ok(d.clone());
         }
         let rows = db.rows("SELECT name, def FROM definition WHERE id = 1", vec![])?;
         let loaded = if let Some(row) = rows.first() {
-            (text(col(row, 0)?).unwrap_or_default(), decode_blob(col(row, 1)?)?)
+            (
+                text(col(row, 0)?).unwrap_or_default(),
+                decode_blob(col(row, 1)?)?,
+            )
         } else {
-            let name = name.ok_or_else(|| GatewayError::NotFound("experiment not defined".into()))?;
+            let name =
+                name.ok_or_else(|| GatewayError::NotFound("experiment not defined".into()))?;
             let cfg = super::config(&self.env)?;
             let def = cfg
                 .experiments
@@ -56,13 +70,22 @@ impl ExperimentDO {
     }
 
     fn tallies(db: &Db, def: &ExperimentDef) -> Result<Vec<ArmTally>, GatewayError> {
-        let rows = db.rows("SELECT variant, assigned, events, successes FROM tallies", vec![])?;
+        let rows = db.rows(
+            "SELECT variant, assigned, events, successes FROM tallies",
+            vec![],
+        )?;
         let mut out = vec![ArmTally::default(); def.variants.len()];
         for row in rows {
             let name = text(col(&row, 0)?).unwrap_or_default();
             if let Some(i) = def.variants.iter().position(|v| v.name == name) {
-                let n = |c: usize| col(&row, c).map(|v| u64::try_from(int(v).unwrap_or(0)).unwrap_or(0));
-                out[i] = ArmTally { assigned: n(1)?, events: n(2)?, successes: n(3)? };
+                let n = |c: usize| {
+                    col(&row, c).map(|v| u64::try_from(int(v).unwrap_or(0)).unwrap_or(0))
+                };
+                out[i] = ArmTally {
+                    assigned: n(1)?,
+                    events: n(2)?,
+                    successes: n(3)?,
+                };
             }
         }
         Ok(out)
@@ -70,7 +93,10 @@ impl ExperimentDO {
 
     fn stored_arm(db: &Db, unit: &str) -> Result<Option<String>, GatewayError> {
         Ok(db
-            .rows("SELECT variant FROM assignments WHERE unit = ?", vec![unit.into()])?
+            .rows(
+                "SELECT variant FROM assignments WHERE unit = ?",
+                vec![unit.into()],
+            )?
             .first()
             .and_then(|r| r.first())
             .and_then(text))
@@ -81,7 +107,9 @@ impl ExperimentDO {
         match msg {
             Request::Define { name, def } => {
                 def.validate()?;
-                let existed = !db.rows("SELECT 1 FROM definition WHERE id = 1", vec![])?.is_empty();
+                let existed = !db
+                    .rows("SELECT 1 FROM definition WHERE id = 1", vec![])?
+                    .is_empty();
                 Self::store_def(&db, &name, &def, now)?;
                 *self.def.borrow_mut() = Some((name, def));
                 Ok((Reply::Defined { created: !existed }, true))
@@ -90,7 +118,14 @@ impl ExperimentDO {
                 let (_, def) = self.load(&db, Some(&name), now)?;
                 if let Some(arm) = Self::stored_arm(&db, &unit)? {
                     if let Some(v) = def.variants.iter().find(|v| v.name == arm) {
-                        return Ok((Reply::Assigned { variant: arm, params: v.params.clone(), new: false }, false));
+                        return Ok((
+                            Reply::Assigned {
+                                variant: arm,
+                                params: v.params.clone(),
+                                new: false,
+                            },
+                            false,
+                        ));
                     }
                 }
                 let v = def
@@ -107,9 +142,20 @@ impl ExperimentDO {
                      ON CONFLICT (variant) DO UPDATE SET assigned = assigned + 1",
                     vec![v.name.as_str().into()],
                 )?;
-                Ok((Reply::Assigned { variant: v.name.clone(), params: v.params.clone(), new: true }, true))
+                Ok((
+                    Reply::Assigned {
+                        variant: v.name.clone(),
+                        params: v.params.clone(),
+                        new: true,
+                    },
+                    true,
+                ))
             }
-            Request::Event { name, unit, success } => {
+            Request::Event {
+                name,
+                unit,
+                success,
+            } => {
                 self.load(&db, Some(&name), now)?;
                 let arm = Self::stored_arm(&db, &unit)?.ok_or_else(|| {
                     GatewayError::Conflict(format!("unit {unit} was never assigned in {name}"))
@@ -124,23 +170,39 @@ impl ExperimentDO {
             Request::Get { name } => {
                 let (name, def) = self.load(&db, Some(&name), now)?;
                 let tallies = Self::tallies(&db, &def)?;
-                let analysis: Option<Analysis> = match db.rows("SELECT snapshot FROM analysis WHERE id = 1", vec![])?.first() {
+                let analysis: Option<Analysis> = match db
+                    .rows("SELECT snapshot FROM analysis WHERE id = 1", vec![])?
+                    .first()
+                {
                     Some(row) => Some(decode_blob(col(row, 0)?)?),
                     None => None,
                 };
                 let object = self.base.object_stats(&db)?;
-                Ok((Reply::State(ExpState { name, def, tallies, analysis, object }), false))
+                Ok((
+                    Reply::State(ExpState {
+                        name,
+                        def,
+                        tallies,
+                        analysis,
+                        object,
+                    }),
+                    false,
+                ))
             }
         }
     }
 
     fn interval(&self) -> u64 {
-        super::config(&self.env).map(|c| c.experiment_analysis_interval_ms).unwrap_or(60_000)
+        super::config(&self.env)
+            .map(|c| c.experiment_analysis_interval_ms)
+            .unwrap_or(60_000)
     }
 
     fn analyse(&self, now: UnixMillis) -> Result<bool, GatewayError> {
         let db = self.base.db(migrations::EXPERIMENT, now)?;
-        let Ok((_, def)) = self.load(&db, None, now) else { return Ok(false) };
+        let Ok((_, def)) = self.load(&db, None, now) else {
+            return Ok(false);
+        };
         let analysis = analyse(&def, &Self::tallies(&db, &def)?);
         db.exec(
             "INSERT INTO analysis (id, snapshot, at) VALUES (1, ?, ?) \
@@ -154,7 +216,11 @@ impl ExperimentDO {
 
 impl DurableObject for ExperimentDO {
     fn new(state: State, env: Env) -> Self {
-        ExperimentDO { base: Base::new(state), env, def: RefCell::new(None) }
+        ExperimentDO {
+            base: Base::new(state),
+            env,
+            def: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
@@ -162,7 +228,9 @@ impl DurableObject for ExperimentDO {
         let now = now();
         let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
         if let Ok((_, true)) = &result {
-            self.base.ensure_alarm(next_alarm(now, self.interval(), None)).await?;
+            self.base
+                .ensure_alarm(next_alarm(now, self.interval(), None))
+                .await?;
         }
         respond(result.map(|(r, _)| r))
     }
@@ -170,7 +238,9 @@ impl DurableObject for ExperimentDO {
     async fn alarm(&self) -> worker::Result<Response> {
         let now = now();
         let active = self.analyse(now).map_err(|e| e.to_string())?;
-        self.base.rearm(active.then(|| next_alarm(now, self.interval(), None))).await?;
+        self.base
+            .rearm(active.then(|| next_alarm(now, self.interval(), None)))
+            .await?;
         Response::ok("ok")
     }
 }

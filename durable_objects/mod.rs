@@ -66,7 +66,11 @@ impl Db {
     }
 
     /// Runs a statement and returns how many rows it wrote.
-    pub fn exec_count(&self, query: &str, binds: Vec<SqlStorageValue>) -> Result<u64, GatewayError> {
+    pub fn exec_count(
+        &self,
+        query: &str,
+        binds: Vec<SqlStorageValue>,
+    ) -> Result<u64, GatewayError> {
         let cursor = self.0.exec(query, binds).map_err(platform)?;
         for row in cursor.raw() {
             row.map_err(platform)?;
@@ -85,13 +89,23 @@ impl Db {
     }
 
     /// The first column of the first row as an integer.
-    pub fn scalar(&self, query: &str, binds: Vec<SqlStorageValue>) -> Result<Option<i64>, GatewayError> {
-        Ok(self.rows(query, binds)?.first().and_then(|r| r.first()).and_then(int))
+    pub fn scalar(
+        &self,
+        query: &str,
+        binds: Vec<SqlStorageValue>,
+    ) -> Result<Option<i64>, GatewayError> {
+        Ok(self
+            .rows(query, binds)?
+            .first()
+            .and_then(|r| r.first())
+            .and_then(int))
     }
 
     /// An integer from the `_meta` table (0 when absent).
     pub fn meta(&self, key: &str) -> Result<i64, GatewayError> {
-        Ok(self.scalar("SELECT value FROM _meta WHERE key = ?", vec![key.into()])?.unwrap_or(0))
+        Ok(self
+            .scalar("SELECT value FROM _meta WHERE key = ?", vec![key.into()])?
+            .unwrap_or(0))
     }
 
     /// Sets an integer in `_meta`.
@@ -139,7 +153,8 @@ pub fn blob(v: &SqlStorageValue) -> Option<&[u8]> {
 
 /// Column `i` of `row`, or a corruption error.
 pub fn col(row: &[SqlStorageValue], i: usize) -> Result<&SqlStorageValue, GatewayError> {
-    row.get(i).ok_or_else(|| GatewayError::Internal(format!("row is missing column {i}")))
+    row.get(i)
+        .ok_or_else(|| GatewayError::Internal(format!("row is missing column {i}")))
 }
 
 /// Decodes a postcard blob persisted by this code.
@@ -158,7 +173,10 @@ pub fn encode_blob<T: Serialize>(v: &T) -> Result<SqlStorageValue, GatewayError>
 /// and returns the schema version. Running it again is a no-op.
 pub fn migrate(db: &Db, all: &[Migration], now: UnixMillis) -> Result<u32, GatewayError> {
     db.exec(BOOKKEEPING_SQL, vec![])?;
-    db.exec("CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID", vec![])?;
+    db.exec(
+        "CREATE TABLE IF NOT EXISTS _meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+        vec![],
+    )?;
     let applied: Vec<u32> = db
         .rows("SELECT version FROM _migrations", vec![])?
         .iter()
@@ -193,7 +211,11 @@ pub struct Base {
 impl Base {
     /// Wraps the object's state.
     pub fn new(state: State) -> Self {
-        Base { state, schema: Cell::new(0), alarm_armed: Cell::new(false) }
+        Base {
+            state,
+            schema: Cell::new(0),
+            alarm_armed: Cell::new(false),
+        }
     }
 
     /// The object's SQLite, migrated on first use.
@@ -253,7 +275,9 @@ impl Base {
 }
 
 fn scheduled(at: UnixMillis) -> ScheduledTime {
-    ScheduledTime::new(js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(at.0 as f64)))
+    ScheduledTime::new(js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(
+        at.0 as f64,
+    )))
 }
 
 /// Encodes a reply as the response body. If even encoding fails, the error is encoded instead.
@@ -272,6 +296,8 @@ pub fn decode_request<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T,
 }
 
 /// Reads the configuration inside an object.
-pub fn config(env: &worker::Env) -> Result<std::rc::Rc<gateway_core::config::Config>, GatewayError> {
+pub fn config(
+    env: &worker::Env,
+) -> Result<std::rc::Rc<gateway_core::config::Config>, GatewayError> {
     crate::config::config(env)
 }

@@ -72,9 +72,10 @@ impl ProviderHealthDO {
         }
         let mut specs = Self::stored_specs(db)?;
         let mut name = String::new();
-        if let Ok(Some(n)) = db.rows("SELECT value FROM _meta WHERE key = 'group'", vec![]).map(|r| {
-            r.first().and_then(|row| row.first()).and_then(text)
-        }) {
+        if let Ok(Some(n)) = db
+            .rows("SELECT value FROM _meta WHERE key = 'group'", vec![])
+            .map(|r| r.first().and_then(|row| row.first()).and_then(text))
+        {
             name = n;
         }
         if specs.is_empty() {
@@ -96,17 +97,27 @@ impl ProviderHealthDO {
 
     fn status(&self, db: &Db, now: UnixMillis) -> Result<GroupStatus, GatewayError> {
         let guard = self.balancer.borrow();
-        let (group, b) = guard.as_ref().ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
+        let (group, b) = guard
+            .as_ref()
+            .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
         let providers = b
             .specs()
             .iter()
             .enumerate()
             .map(|(i, spec)| {
                 let health = b.health(i).cloned().unwrap_or_default();
-                ProviderStatus { spec: spec.clone(), healthy: health.is_healthy(now), health }
+                ProviderStatus {
+                    spec: spec.clone(),
+                    healthy: health.is_healthy(now),
+                    health,
+                }
             })
             .collect();
-        Ok(GroupStatus { group: group.clone(), providers, object: self.base.object_stats(db)? })
+        Ok(GroupStatus {
+            group: group.clone(),
+            providers,
+            object: self.base.object_stats(db)?,
+        })
     }
 
     fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
@@ -130,14 +141,24 @@ impl ProviderHealthDO {
             Request::Pick { group } => {
                 self.load(&db, Some(&group))?;
                 let mut guard = self.balancer.borrow_mut();
-                let (_, b) = guard.as_mut().ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
-                let pick = b.pick(now).ok_or_else(|| GatewayError::Unavailable("empty group".into()))?;
+                let (_, b) = guard
+                    .as_mut()
+                    .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
+                let pick = b
+                    .pick(now)
+                    .ok_or_else(|| GatewayError::Unavailable("empty group".into()))?;
                 Ok((Reply::Picked(pick), true))
             }
-            Request::Report { group, provider, outcome } => {
+            Request::Report {
+                group,
+                provider,
+                outcome,
+            } => {
                 self.load(&db, Some(&group))?;
                 let mut guard = self.balancer.borrow_mut();
-                let (_, b) = guard.as_mut().ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
+                let (_, b) = guard
+                    .as_mut()
+                    .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
                 let i = b.report(&provider, outcome, now).ok_or_else(|| {
                     GatewayError::NotFound(format!("no provider named {provider} in {group}"))
                 })?;
@@ -154,12 +175,17 @@ impl ProviderHealthDO {
     }
 
     fn interval(&self) -> u64 {
-        super::config(&self.env).map(|c| c.provider_probe_interval_ms).unwrap_or(15_000)
+        super::config(&self.env)
+            .map(|c| c.provider_probe_interval_ms)
+            .unwrap_or(15_000)
     }
 
     async fn probe(url: String) -> bool {
         let fetch = async {
-            match Fetch::Url(url.parse().map_err(|_| worker::Error::from("bad url"))?).send().await {
+            match Fetch::Url(url.parse().map_err(|_| worker::Error::from("bad url"))?)
+                .send()
+                .await
+            {
                 Ok(resp) => Ok::<bool, worker::Error>((200..300).contains(&resp.status_code())),
                 Err(_) => Ok(false),
             }
@@ -173,7 +199,11 @@ impl ProviderHealthDO {
 
 impl DurableObject for ProviderHealthDO {
     fn new(state: State, env: Env) -> Self {
-        ProviderHealthDO { base: Base::new(state), env, balancer: RefCell::new(None) }
+        ProviderHealthDO {
+            base: Base::new(state),
+            env,
+            balancer: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
@@ -181,14 +211,19 @@ impl DurableObject for ProviderHealthDO {
         let now = now();
         let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
         if let Ok((_, true)) = &result {
-            self.base.ensure_alarm(next_alarm(now, self.interval(), None)).await?;
+            self.base
+                .ensure_alarm(next_alarm(now, self.interval(), None))
+                .await?;
         }
         respond(result.map(|(r, _)| r))
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
         let started = now();
-        let db = self.base.db(migrations::PROVIDER_HEALTH, started).map_err(|e| e.to_string())?;
+        let db = self
+            .base
+            .db(migrations::PROVIDER_HEALTH, started)
+            .map_err(|e| e.to_string())?;
         if let Err(e) = self.load(&db, None) {
             // No providers configured: nothing to probe and nothing to wake up for.
             worker::console_log!("provider alarm: {e}");
@@ -215,8 +250,12 @@ impl DurableObject for ProviderHealthDO {
                 }
             }
         }
-        self.base.record_alarm_run(&db, now).map_err(|e| e.to_string())?;
-        self.base.rearm(Some(next_alarm(now, self.interval(), None))).await?;
+        self.base
+            .record_alarm_run(&db, now)
+            .map_err(|e| e.to_string())?;
+        self.base
+            .rearm(Some(next_alarm(now, self.interval(), None)))
+            .await?;
         Response::ok("ok")
     }
 }

@@ -30,7 +30,12 @@ impl RateLimiterDO {
     fn decide(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
         let db = self.base.db(migrations::RATE_LIMITER, now)?;
         match msg {
-            Request::Take { policy_name, policy, key, cost } => {
+            Request::Take {
+                policy_name,
+                policy,
+                key,
+                cost,
+            } => {
                 let policy = policy.validated()?;
                 let tat = Self::tat(&db, &policy_name, &key)?;
                 let (decision, new_tat): (Decision, _) = rate_limit::take(&policy, tat, cost, now)?;
@@ -41,13 +46,28 @@ impl RateLimiterDO {
                         vec![policy_name.into(), key.into(), new_tat.into()],
                     )?;
                 }
-                db.add_meta(if decision.allowed { "allowed" } else { "denied" }, 1)?;
+                db.add_meta(
+                    if decision.allowed {
+                        "allowed"
+                    } else {
+                        "denied"
+                    },
+                    1,
+                )?;
                 Ok((Reply::Decision(decision), true))
             }
-            Request::Peek { policy_name, policy, key, cost } => {
+            Request::Peek {
+                policy_name,
+                policy,
+                key,
+                cost,
+            } => {
                 let policy = policy.validated()?;
                 let tat = Self::tat(&db, &policy_name, &key)?;
-                Ok((Reply::Decision(rate_limit::peek(&policy, tat, cost, now)?), false))
+                Ok((
+                    Reply::Decision(rate_limit::peek(&policy, tat, cost, now)?),
+                    false,
+                ))
             }
             Request::Reset { policy_name, key } => {
                 let n = db.exec_count(
@@ -57,7 +77,9 @@ impl RateLimiterDO {
                 Ok((Reply::Reset { existed: n > 0 }, false))
             }
             Request::Stats => {
-                let buckets = db.scalar("SELECT count(*) FROM buckets", vec![])?.unwrap_or(0);
+                let buckets = db
+                    .scalar("SELECT count(*) FROM buckets", vec![])?
+                    .unwrap_or(0);
                 Ok((
                     Reply::Stats(Stats {
                         buckets: u64::try_from(buckets).unwrap_or(0),
@@ -73,13 +95,18 @@ impl RateLimiterDO {
     }
 
     fn interval(&self) -> u64 {
-        super::config(&self.env).map(|c| c.rate_limit_gc_interval_ms).unwrap_or(300_000)
+        super::config(&self.env)
+            .map(|c| c.rate_limit_gc_interval_ms)
+            .unwrap_or(300_000)
     }
 }
 
 impl DurableObject for RateLimiterDO {
     fn new(state: State, env: Env) -> Self {
-        RateLimiterDO { base: Base::new(state), env }
+        RateLimiterDO {
+            base: Base::new(state),
+            env,
+        }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
@@ -87,25 +114,37 @@ impl DurableObject for RateLimiterDO {
         let now = now();
         let result = super::decode_request(&bytes).and_then(|msg| self.decide(msg, now));
         if let Ok((_, true)) = &result {
-            self.base.ensure_alarm(next_alarm(now, self.interval(), None)).await?;
+            self.base
+                .ensure_alarm(next_alarm(now, self.interval(), None))
+                .await?;
         }
         respond(result.map(|(r, _)| r))
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
         let now = now();
-        let db = self.base.db(migrations::RATE_LIMITER, now).map_err(|e| e.to_string())?;
+        let db = self
+            .base
+            .db(migrations::RATE_LIMITER, now)
+            .map_err(|e| e.to_string())?;
         let collected = db
             .exec_count(
                 "DELETE FROM buckets WHERE tat_us <= ?",
                 vec![rate_limit::idle_cutoff_us(now).into()],
             )
             .map_err(|e| e.to_string())?;
-        let remaining = db.scalar("SELECT count(*) FROM buckets", vec![]).map_err(|e| e.to_string())?;
-        db.add_meta("collected", i64::try_from(collected).unwrap_or(0)).map_err(|e| e.to_string())?;
-        self.base.record_alarm_run(&db, now).map_err(|e| e.to_string())?;
+        let remaining = db
+            .scalar("SELECT count(*) FROM buckets", vec![])
+            .map_err(|e| e.to_string())?;
+        db.add_meta("collected", i64::try_from(collected).unwrap_or(0))
+            .map_err(|e| e.to_string())?;
+        self.base
+            .record_alarm_run(&db, now)
+            .map_err(|e| e.to_string())?;
         let next = remaining.filter(|n| *n > 0);
-        self.base.rearm(next.map(|_| next_alarm(now, self.interval(), None))).await?;
+        self.base
+            .rearm(next.map(|_| next_alarm(now, self.interval(), None)))
+            .await?;
         Response::ok("ok")
     }
 }

@@ -20,7 +20,9 @@ impl From<worker::Error> for AppError {
         // Platform failures (a Durable Object hop that broke, storage errors) are retryable from
         // the client's point of view; the detail goes to the log, not to the client.
         worker::console_error!("platform error: {e}");
-        AppError(GatewayError::Unavailable("a backend hop failed; retry later".into()))
+        AppError(GatewayError::Unavailable(
+            "a backend hop failed; retry later".into(),
+        ))
     }
 }
 
@@ -63,5 +65,7 @@ pub fn problem_with_extra(
     if matches!(err, GatewayError::Unauthorized) {
         headers.set("WWW-Authenticate", "Bearer realm=\"edge-gateway\"")?;
     }
-    Ok(Response::ok(body)?.with_status(err.status()).with_headers(headers))
+    Ok(Response::ok(body)?
+        .with_status(err.status())
+        .with_headers(headers))
 }

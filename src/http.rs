@@ -14,7 +14,9 @@ pub fn request_id(req: &Request) -> String {
     if let Ok(Some(id)) = req.headers().get("X-Request-Id") {
         if !id.is_empty()
             && id.len() <= 128
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         {
             return id;
         }
@@ -43,7 +45,9 @@ pub async fn read_body(req: &mut Request, limit: usize) -> AppResult<Vec<u8>> {
             Ok(n) if n > limit as u64 => return Err(GatewayError::PayloadTooLarge { limit }.into()),
             Ok(_) => {}
             Err(_) => {
-                return Err(GatewayError::bad_request("invalid-header", "bad Content-Length").into())
+                return Err(
+                    GatewayError::bad_request("invalid-header", "bad Content-Length").into(),
+                )
             }
         }
     }
@@ -58,7 +62,10 @@ pub async fn read_body(req: &mut Request, limit: usize) -> AppResult<Vec<u8>> {
 /// that quote serde's explanation (line/column, expected type).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
     if bytes.is_empty() {
-        return Err(GatewayError::bad_request("invalid-json", "a JSON body is required"));
+        return Err(GatewayError::bad_request(
+            "invalid-json",
+            "a JSON body is required",
+        ));
     }
     serde_json::from_slice(bytes)
         .map_err(|e| GatewayError::bad_request("invalid-json", format!("invalid JSON body: {e}")))
@@ -80,5 +87,7 @@ pub fn json<T: Serialize>(value: &T, status: u16) -> AppResult<Response> {
     let headers = Headers::new();
     headers.set("Content-Type", "application/json")?;
     headers.set("Cache-Control", "no-store")?;
-    Ok(Response::from_json(value)?.with_status(status).with_headers(headers))
+    Ok(Response::from_json(value)?
+        .with_status(status)
+        .with_headers(headers))
 }

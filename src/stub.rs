@@ -45,5 +45,7 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
 
 /// Maps an unexpected reply variant to an internal error.
 pub fn unexpected(what: &str) -> AppError {
-    AppError(GatewayError::Internal(format!("unexpected reply from the {what} object")))
+    AppError(GatewayError::Internal(format!(
+        "unexpected reply from the {what} object"
+    )))
 }

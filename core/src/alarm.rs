@@ -33,8 +33,17 @@ mod tests {
     fn earliest_of_deadline_and_interval_but_not_in_the_past() {
         let now = UnixMillis(1_000);
         assert_eq!(next_alarm(now, 500, None), UnixMillis(1_500));
-        assert_eq!(next_alarm(now, 500, Some(UnixMillis(1_200))), UnixMillis(1_200));
-        assert_eq!(next_alarm(now, 500, Some(UnixMillis(9_000))), UnixMillis(1_500));
-        assert_eq!(next_alarm(now, 500, Some(UnixMillis(10))), UnixMillis(1_001));
+        assert_eq!(
+            next_alarm(now, 500, Some(UnixMillis(1_200))),
+            UnixMillis(1_200)
+        );
+        assert_eq!(
+            next_alarm(now, 500, Some(UnixMillis(9_000))),
+            UnixMillis(1_500)
+        );
+        assert_eq!(
+            next_alarm(now, 500, Some(UnixMillis(10))),
+            UnixMillis(1_001)
+        );
     }
 }

@@ -51,20 +51,44 @@ mod tests {
 
     #[test]
     fn missing_header_is_401_wrong_token_is_403() {
-        assert_eq!(check_admin(None, Some(TOKEN)), Err(GatewayError::Unauthorized));
-        assert_eq!(check_admin(Some("Basic abc"), Some(TOKEN)), Err(GatewayError::Unauthorized));
-        assert_eq!(check_admin(Some("Bearer"), Some(TOKEN)), Err(GatewayError::Unauthorized));
-        assert_eq!(check_admin(Some("Bearer wrong"), Some(TOKEN)).unwrap_err().status(), 403);
+        assert_eq!(
+            check_admin(None, Some(TOKEN)),
+            Err(GatewayError::Unauthorized)
+        );
+        assert_eq!(
+            check_admin(Some("Basic abc"), Some(TOKEN)),
+            Err(GatewayError::Unauthorized)
+        );
+        assert_eq!(
+            check_admin(Some("Bearer"), Some(TOKEN)),
+            Err(GatewayError::Unauthorized)
+        );
+        assert_eq!(
+            check_admin(Some("Bearer wrong"), Some(TOKEN))
+                .unwrap_err()
+                .status(),
+            403
+        );
         // A prefix of the right token is still wrong.
         assert_eq!(
-            check_admin(Some("Bearer 0123456789abcdef012"), Some(TOKEN)).unwrap_err().status(),
+            check_admin(Some("Bearer 0123456789abcdef012"), Some(TOKEN))
+                .unwrap_err()
+                .status(),
             403
         );
     }
 
     #[test]
     fn fails_closed_without_a_configured_token() {
-        assert_eq!(check_admin(Some("Bearer x"), None).unwrap_err().status(), 403);
-        assert_eq!(check_admin(Some("Bearer short"), Some("short")).unwrap_err().status(), 403);
+        assert_eq!(
+            check_admin(Some("Bearer x"), None).unwrap_err().status(),
+            403
+        );
+        assert_eq!(
+            check_admin(Some("Bearer short"), Some("short"))
+                .unwrap_err()
+                .status(),
+            403
+        );
     }
 }

@@ -133,20 +133,26 @@ impl Config {
         for (name, p) in &policies {
             validate::name("policy", name)
                 .and_then(|_| p.validated())
-                .map_err(|e| GatewayError::Internal(format!("configuration: policy {name}: {e}")))?;
+                .map_err(|e| {
+                    GatewayError::Internal(format!("configuration: policy {name}: {e}"))
+                })?;
         }
         let providers: BTreeMap<String, Vec<ProviderSpec>> = json(get, "PROVIDERS", "{}")?;
         for (group, specs) in &providers {
             validate::name("group", group)
                 .and_then(|_| validate_group(specs))
-                .map_err(|e| GatewayError::Internal(format!("configuration: group {group}: {e}")))?;
+                .map_err(|e| {
+                    GatewayError::Internal(format!("configuration: group {group}: {e}"))
+                })?;
         }
         let experiments_raw: BTreeMap<String, ExperimentVar> = json(get, "EXPERIMENTS", "{}")?;
         let mut experiments = BTreeMap::new();
         for (name, e) in experiments_raw {
             let def = validate::name("experiment", &name)
                 .and_then(|_| e.into_def(&name))
-                .map_err(|e| GatewayError::Internal(format!("configuration: experiment {name}: {e}")))?;
+                .map_err(|e| {
+                    GatewayError::Internal(format!("configuration: experiment {name}: {e}"))
+                })?;
             experiments.insert(name, def);
         }
         Ok(Config {
@@ -158,9 +164,21 @@ impl Config {
             cache_max_entries: num(get, "CACHE_MAX_ENTRIES", 10_000, 1, 10_000_000)?,
             cache_max_bytes: num(get, "CACHE_MAX_BYTES", 4 << 20, 1024, 64 << 20)?,
             cache_default_ttl_s: num(get, "CACHE_DEFAULT_TTL_S", 300, 1, 31_536_000)?,
-            rate_limit_gc_interval_ms: num(get, "RATE_LIMIT_GC_INTERVAL_MS", 300_000, 100, 86_400_000)?,
+            rate_limit_gc_interval_ms: num(
+                get,
+                "RATE_LIMIT_GC_INTERVAL_MS",
+                300_000,
+                100,
+                86_400_000,
+            )?,
             cache_sweep_interval_ms: num(get, "CACHE_SWEEP_INTERVAL_MS", 60_000, 100, 86_400_000)?,
-            provider_probe_interval_ms: num(get, "PROVIDER_PROBE_INTERVAL_MS", 15_000, 100, 86_400_000)?,
+            provider_probe_interval_ms: num(
+                get,
+                "PROVIDER_PROBE_INTERVAL_MS",
+                15_000,
+                100,
+                86_400_000,
+            )?,
             experiment_analysis_interval_ms: num(
                 get,
                 "EXPERIMENT_ANALYSIS_INTERVAL_MS",
@@ -190,8 +208,8 @@ mod tests {
 
     #[test]
     fn malformed_values_name_the_variable() {
-        let e = Config::from_lookup(&|k| (k == "CACHE_SHARDS").then(|| "0".to_string()))
-            .unwrap_err();
+        let e =
+            Config::from_lookup(&|k| (k == "CACHE_SHARDS").then(|| "0".to_string())).unwrap_err();
         assert!(e.to_string().contains("CACHE_SHARDS"));
         let e = Config::from_lookup(&|k| (k == "PROVIDERS").then(|| "{\"g\":[]}".to_string()))
             .unwrap_err();
@@ -209,6 +227,9 @@ mod tests {
         assert_eq!(c.providers["llm"][0].weight, 2);
         assert_eq!(c.providers["llm"][0].health_path, "/health");
         assert_eq!(c.experiments["ttl"].seed, "ttl");
-        assert_eq!(c.experiments["ttl"].variants[0].params, r#"{"cache_ttl_s":86400}"#);
+        assert_eq!(
+            c.experiments["ttl"].variants[0].params,
+            r#"{"cache_ttl_s":86400}"#
+        );
     }
 }

@@ -40,6 +40,10 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A rate limit denied the request (used only to render the 429 problem; the decision
+    /// itself is a value, not an error).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The request conflicts with current state (e.g. a definition that already exists).
     #[error("{0}")]
     Conflict(String),
@@ -69,6 +73,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::Conflict(_) => 409,
+            GatewayError::TooManyRequests(_) => 429,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::Unavailable(_) => 503,
             GatewayError::Internal(_) => 500,
@@ -84,6 +89,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => "not-found",
             GatewayError::MethodNotAllowed { .. } => "method-not-allowed",
             GatewayError::Conflict(_) => "conflict",
+            GatewayError::TooManyRequests(_) => "rate-limited",
             GatewayError::PayloadTooLarge { .. } => "payload-too-large",
             GatewayError::Unavailable(_) => "unavailable",
             GatewayError::Internal(_) => "internal",
@@ -99,6 +105,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => "Not found",
             GatewayError::MethodNotAllowed { .. } => "Method not allowed",
             GatewayError::Conflict(_) => "Conflict",
+            GatewayError::TooManyRequests(_) => "Too many requests",
             GatewayError::PayloadTooLarge { .. } => "Payload too large",
             GatewayError::Unavailable(_) => "Service unavailable",
             GatewayError::Internal(_) => "Internal error",

@@ -51,7 +51,10 @@ pub fn pending<'a>(
             )));
         }
     }
-    Ok(all.iter().filter(|m| !applied.contains(&m.version)).collect())
+    Ok(all
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .collect())
 }
 
 #[cfg(test)]
@@ -59,15 +62,26 @@ mod tests {
     use super::*;
 
     const ALL: [Migration; 2] = [
-        Migration { version: 1, name: "0001_init.sql", sql: "CREATE TABLE a(x)" },
-        Migration { version: 2, name: "0002_more.sql", sql: "CREATE TABLE b(x)" },
+        Migration {
+            version: 1,
+            name: "0001_init.sql",
+            sql: "CREATE TABLE a(x)",
+        },
+        Migration {
+            version: 2,
+            name: "0002_more.sql",
+            sql: "CREATE TABLE b(x)",
+        },
     ];
 
     #[test]
     fn applies_only_what_is_missing() {
         assert_eq!(pending(&ALL, &[]).unwrap().len(), 2);
         assert_eq!(pending(&ALL, &[1]).unwrap()[0].version, 2);
-        assert!(pending(&ALL, &[1, 2]).unwrap().is_empty(), "second run is a no-op");
+        assert!(
+            pending(&ALL, &[1, 2]).unwrap().is_empty(),
+            "second run is a no-op"
+        );
     }
 
     #[test]

@@ -78,9 +78,13 @@ mod tests {
             GatewayError::Unauthorized,
             GatewayError::Forbidden("x".into()),
             GatewayError::NotFound("x".into()),
-            GatewayError::MethodNotAllowed { method: "GET".into(), allowed: "POST" },
+            GatewayError::MethodNotAllowed {
+                method: "GET".into(),
+                allowed: "POST",
+            },
             GatewayError::PayloadTooLarge { limit: 1 },
             GatewayError::Conflict("x".into()),
+            GatewayError::TooManyRequests("x".into()),
             GatewayError::Unavailable("x".into()),
             GatewayError::Internal("x".into()),
         ];

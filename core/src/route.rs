@@ -105,17 +105,26 @@ impl Route {
             self,
             Route::ProviderConfigure(_)
                 | Route::ExperimentDefine(_)
-                | Route::RateLimit { op: RateLimitOp::Reset, .. }
+                | Route::RateLimit {
+                    op: RateLimitOp::Reset,
+                    ..
+                }
         )
     }
 }
 
 fn not_allowed(method: &str, allowed: &'static str) -> GatewayError {
-    GatewayError::MethodNotAllowed { method: method.to_string(), allowed }
+    GatewayError::MethodNotAllowed {
+        method: method.to_string(),
+        allowed,
+    }
 }
 
 fn rest_key(segments: &[&str]) -> Result<String, GatewayError> {
-    let parts: Result<Vec<String>, _> = segments.iter().map(|s| validate::percent_decode(s)).collect();
+    let parts: Result<Vec<String>, _> = segments
+        .iter()
+        .map(|s| validate::percent_decode(s))
+        .collect();
     let key = parts?.join("/");
     validate::key("key", &key)?;
     Ok(key)
@@ -159,7 +168,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
             } else {
                 return Err(not_allowed(m, "GET, POST, DELETE"));
             };
-            Ok(Route::RateLimit { policy: name("policy", policy)?, key: rest_key(rest)?, op })
+            Ok(Route::RateLimit {
+                policy: name("policy", policy)?,
+                key: rest_key(rest)?,
+                op,
+            })
         }
         ["v1", "cache", namespace, rest @ ..] if !rest.is_empty() => {
             let op = if is("GET") || is("HEAD") {
@@ -171,7 +184,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
             } else {
                 return Err(not_allowed(m, "GET, HEAD, PUT, DELETE"));
             };
-            Ok(Route::Cache { namespace: name("namespace", namespace)?, key: rest_key(rest)?, op })
+            Ok(Route::Cache {
+                namespace: name("namespace", namespace)?,
+                key: rest_key(rest)?,
+                op,
+            })
         }
         ["v1", "providers"] => {
             if is("GET") {
@@ -195,7 +212,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
                 return Err(not_allowed(m, "POST"));
             }
             let g = name("group", group)?;
-            Ok(if *action == "pick" { Route::ProviderPick(g) } else { Route::ProviderReport(g) })
+            Ok(if *action == "pick" {
+                Route::ProviderPick(g)
+            } else {
+                Route::ProviderReport(g)
+            })
         }
         ["v1", "experiments", exp] => {
             let n = name("experiment", exp)?;
@@ -212,7 +233,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
                 return Err(not_allowed(m, "POST"));
             }
             let n = name("experiment", exp)?;
-            Ok(if *action == "assign" { Route::ExperimentAssign(n) } else { Route::ExperimentEvent(n) })
+            Ok(if *action == "assign" {
+                Route::ExperimentAssign(n)
+            } else {
+                Route::ExperimentEvent(n)
+            })
         }
         ["v1", "events"] => {
             if is("POST") {
@@ -233,7 +258,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
             if !is("GET") {
                 return Err(not_allowed(m, "GET"));
             }
-            Ok(Route::Stats { component, id: name("id", id)? })
+            Ok(Route::Stats {
+                component,
+                id: name("id", id)?,
+            })
         }
         _ => Err(not_found()),
     }
@@ -248,17 +276,34 @@ mod tests {
         assert_eq!(route("GET", "/health").unwrap(), Route::Health);
         assert_eq!(
             route("POST", "/v1/ratelimit/default/user%3A42").unwrap(),
-            Route::RateLimit { policy: "default".into(), key: "user:42".into(), op: RateLimitOp::Take }
+            Route::RateLimit {
+                policy: "default".into(),
+                key: "user:42".into(),
+                op: RateLimitOp::Take
+            }
         );
         assert_eq!(
             route("GET", "/v1/cache/titles/a/b%20c").unwrap(),
-            Route::Cache { namespace: "titles".into(), key: "a/b c".into(), op: CacheOp::Get }
+            Route::Cache {
+                namespace: "titles".into(),
+                key: "a/b c".into(),
+                op: CacheOp::Get
+            }
         );
-        assert_eq!(route("POST", "/v1/providers/llm/pick").unwrap(), Route::ProviderPick("llm".into()));
-        assert_eq!(route("PUT", "/v1/experiments/ttl").unwrap(), Route::ExperimentDefine("ttl".into()));
+        assert_eq!(
+            route("POST", "/v1/providers/llm/pick").unwrap(),
+            Route::ProviderPick("llm".into())
+        );
+        assert_eq!(
+            route("PUT", "/v1/experiments/ttl").unwrap(),
+            Route::ExperimentDefine("ttl".into())
+        );
         assert_eq!(
             route("GET", "/v1/stats/cache/3").unwrap(),
-            Route::Stats { component: Component::Cache, id: "3".into() }
+            Route::Stats {
+                component: Component::Cache,
+                id: "3".into()
+            }
         );
     }
 
@@ -267,7 +312,10 @@ mod tests {
         assert_eq!(route("PATCH", "/v1/cache/a/b").unwrap_err().status(), 405);
         assert_eq!(route("GET", "/v2/nothing").unwrap_err().status(), 404);
         assert_eq!(route("GET", "/v1/cache/a").unwrap_err().status(), 404);
-        assert_eq!(route("GET", "/v1/cache/bad%20ns/k").unwrap_err().status(), 400);
+        assert_eq!(
+            route("GET", "/v1/cache/bad%20ns/k").unwrap_err().status(),
+            400
+        );
         assert_eq!(route("GET", "/v1/cache/ns/%00").unwrap_err().status(), 400);
         assert_eq!(route("GET", "/v1/cache/ns/%zz").unwrap_err().status(), 400);
     }
@@ -275,7 +323,9 @@ mod tests {
     #[test]
     fn admin_routes_are_flagged() {
         assert!(route("PUT", "/v1/providers/g").unwrap().requires_admin());
-        assert!(route("DELETE", "/v1/ratelimit/p/k").unwrap().requires_admin());
+        assert!(route("DELETE", "/v1/ratelimit/p/k")
+            .unwrap()
+            .requires_admin());
         assert!(!route("POST", "/v1/ratelimit/p/k").unwrap().requires_admin());
     }
 }

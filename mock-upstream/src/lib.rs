@@ -97,7 +97,9 @@ struct Update {
     headers: Option<Option<BTreeMap<String, String>>>,
 }
 
-fn explicit<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn explicit<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Ok(Some(Option::deserialize(d)?))
 }
 
@@ -149,29 +151,44 @@ pub fn start(addr: &str) -> std::io::Result<Server> {
     let providers: Providers = Arc::default();
     let active = Arc::new(AtomicUsize::new(0));
     let stop2 = stop.clone();
-    let accept = std::thread::Builder::new().name("mock-accept".into()).spawn(move || {
-        for conn in listener.incoming() {
-            if stop2.load(Ordering::SeqCst) {
-                break;
+    let accept = std::thread::Builder::new()
+        .name("mock-accept".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = conn else { continue };
+                if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    let mut s = stream;
+                    let _ = write_response(
+                        &mut s,
+                        503,
+                        &[],
+                        br#"{"error":"too many connections"}"#,
+                        true,
+                    );
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let (providers, active) = (providers.clone(), active.clone());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("mock-conn".into())
+                        .spawn(move || {
+                            serve_connection(stream, &providers);
+                            active.fetch_sub(1, Ordering::SeqCst);
+                        });
+                if spawned.is_err() {
+                    // Could not spawn: the stream was moved into the failed closure and is closed.
+                }
             }
-            let Ok(stream) = conn else { continue };
-            if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                let mut s = stream;
-                let _ = write_response(&mut s, 503, &[], br#"{"error":"too many connections"}"#, true);
-                continue;
-            }
-            active.fetch_add(1, Ordering::SeqCst);
-            let (providers, active) = (providers.clone(), active.clone());
-            let spawned = std::thread::Builder::new().name("mock-conn".into()).spawn(move || {
-                serve_connection(stream, &providers);
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
-            if spawned.is_err() {
-                // Could not spawn: the stream was moved into the failed closure and is closed.
-            }
-        }
-    })?;
-    Ok(Server { port, stop, accept: Some(accept) })
+        })?;
+    Ok(Server {
+        port,
+        stop,
+        accept: Some(accept),
+    })
 }
 
 struct HttpRequest {
@@ -191,9 +208,17 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Result<HttpRequest, ReadEr
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
-        let n = reader.by_ref().take(MAX_HEAD as u64).read_until(b'\n', &mut line).map_err(|_| ReadError::Closed)?;
+        let n = reader
+            .by_ref()
+            .take(MAX_HEAD as u64)
+            .read_until(b'\n', &mut line)
+            .map_err(|_| ReadError::Closed)?;
         if n == 0 {
-            return Err(if head.is_empty() { ReadError::Closed } else { ReadError::Bad(400, "truncated request") });
+            return Err(if head.is_empty() {
+                ReadError::Closed
+            } else {
+                ReadError::Bad(400, "truncated request")
+            });
         }
         head.extend_from_slice(&line);
         if head.len() > MAX_HEAD {
@@ -219,24 +244,44 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Result<HttpRequest, ReadEr
     let headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        return Err(ReadError::Bad(411, "chunked request bodies are not supported; send Content-Length"));
+        return Err(ReadError::Bad(
+            411,
+            "chunked request bodies are not supported; send Content-Length",
+        ));
     }
     let len = match get("content-length") {
-        Some(v) => v.trim().parse::<usize>().map_err(|_| ReadError::Bad(400, "bad Content-Length"))?,
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| ReadError::Bad(400, "bad Content-Length"))?,
         None => 0,
     };
     if len > MAX_BODY {
         return Err(ReadError::Bad(413, "body too large"));
     }
     let mut body = vec![0; len];
-    reader.read_exact(&mut body).map_err(|_| ReadError::Bad(400, "truncated body"))?;
+    reader
+        .read_exact(&mut body)
+        .map_err(|_| ReadError::Bad(400, "truncated body"))?;
     let conn = get("connection").map(|v| v.to_ascii_lowercase());
-    let close = conn.as_deref() == Some("close") || (version == 0 && conn.as_deref() != Some("keep-alive"));
-    Ok(HttpRequest { method, path, headers, body, close })
+    let close =
+        conn.as_deref() == Some("close") || (version == 0 && conn.as_deref() != Some("keep-alive"));
+    Ok(HttpRequest {
+        method,
+        path,
+        headers,
+        body,
+        close,
+    })
 }
 
 fn write_response(
@@ -246,14 +291,25 @@ fn write_response(
     body: &[u8],
     close: bool,
 ) -> std::io::Result<()> {
-    let mut out = format!("HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n", reason(status), body.len());
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n",
+        reason(status),
+        body.len()
+    );
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
         out.push_str("Content-Type: application/json\r\n");
     }
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    out.push_str(if close { "Connection: close\r\n\r\n" } else { "Connection: keep-alive\r\n\r\n" });
+    out.push_str(if close {
+        "Connection: close\r\n\r\n"
+    } else {
+        "Connection: keep-alive\r\n\r\n"
+    });
     stream.write_all(out.as_bytes())?;
     stream.write_all(body)?;
     stream.flush()
@@ -278,7 +334,9 @@ fn reason(status: u16) -> &'static str {
 
 fn serve_connection(stream: TcpStream, providers: &Providers) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     loop {
         let req = match read_request(&mut reader) {
@@ -292,8 +350,14 @@ fn serve_connection(stream: TcpStream, providers: &Providers) {
             }
         };
         match handle(&req, providers) {
-            Answer::Respond { status, headers, body } => {
-                if write_response(&mut writer, status, &headers, &body, req.close).is_err() || req.close {
+            Answer::Respond {
+                status,
+                headers,
+                body,
+            } => {
+                if write_response(&mut writer, status, &headers, &body, req.close).is_err()
+                    || req.close
+                {
                     let _ = writer.shutdown(Shutdown::Both);
                     return;
                 }
@@ -307,16 +371,27 @@ fn serve_connection(stream: TcpStream, providers: &Providers) {
 }
 
 enum Answer {
-    Respond { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     Drop,
 }
 
 fn json_answer(status: u16, v: Value) -> Answer {
-    Answer::Respond { status, headers: vec![], body: v.to_string().into_bytes() }
+    Answer::Respond {
+        status,
+        headers: vec![],
+        body: v.to_string().into_bytes(),
+    }
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn provider_json(name: &str, p: &Provider) -> Value {
@@ -340,7 +415,10 @@ fn handle(req: &HttpRequest, providers: &Providers) -> Answer {
             json_answer(200, json!({"reset": true}))
         }
         ["__control", name] if valid_name(name) => match req.method.as_str() {
-            "GET" => json_answer(200, provider_json(name, map.entry(name.to_string()).or_default())),
+            "GET" => json_answer(
+                200,
+                provider_json(name, map.entry(name.to_string()).or_default()),
+            ),
             "DELETE" => {
                 map.insert(name.to_string(), Provider::default());
                 json_answer(200, provider_json(name, &map[*name]))
@@ -348,26 +426,40 @@ fn handle(req: &HttpRequest, providers: &Providers) -> Answer {
             "PUT" => {
                 let update: Update = match serde_json::from_slice(&req.body) {
                     Ok(u) => u,
-                    Err(e) => return json_answer(400, json!({"error": {"message": format!("invalid control JSON: {e}")}})),
+                    Err(e) => {
+                        return json_answer(
+                            400,
+                            json!({"error": {"message": format!("invalid control JSON: {e}")}}),
+                        )
+                    }
                 };
                 let p = map.entry(name.to_string()).or_default();
                 let mut b = p.behaviour.clone();
                 if let Some(v) = update.latency_ms {
                     if v > 60_000 {
-                        return json_answer(400, json!({"error": {"message": "latency_ms must be <= 60000"}}));
+                        return json_answer(
+                            400,
+                            json!({"error": {"message": "latency_ms must be <= 60000"}}),
+                        );
                     }
                     b.latency_ms = v;
                 }
                 if let Some(v) = update.status {
                     if !(100..=599).contains(&v) {
-                        return json_answer(400, json!({"error": {"message": "status must be 100..=599"}}));
+                        return json_answer(
+                            400,
+                            json!({"error": {"message": "status must be 100..=599"}}),
+                        );
                     }
                     b.status = v;
                 }
                 let rate_changed = update.failure_rate.is_some();
                 if let Some(v) = update.failure_rate {
                     if !(0.0..=1.0).contains(&v) {
-                        return json_answer(400, json!({"error": {"message": "failure_rate must be in [0,1]"}}));
+                        return json_answer(
+                            400,
+                            json!({"error": {"message": "failure_rate must be in [0,1]"}}),
+                        );
                     }
                     b.failure_rate = v;
                 }
@@ -430,22 +522,37 @@ fn handle(req: &HttpRequest, providers: &Providers) -> Answer {
             drop(map);
             std::thread::sleep(Duration::from_millis(b.latency_ms));
             if fails {
-                return if b.drop_connection { Answer::Drop } else { failure(name, &b) };
+                return if b.drop_connection {
+                    Answer::Drop
+                } else {
+                    failure(name, &b)
+                };
             }
             success(name, id, req, &b)
         }
-        _ => json_answer(404, json!({"error": {"message": format!("nothing at {path}")}})),
+        _ => json_answer(
+            404,
+            json!({"error": {"message": format!("nothing at {path}")}}),
+        ),
     }
 }
 
 fn failure(name: &str, b: &Behaviour) -> Answer {
     let mut headers = vec![];
     if b.status == 429 || b.retry_after_s.is_some() {
-        headers.push(("Retry-After".to_string(), b.retry_after_s.unwrap_or(1).to_string()));
+        headers.push((
+            "Retry-After".to_string(),
+            b.retry_after_s.unwrap_or(1).to_string(),
+        ));
     }
     headers.push(("X-Mock-Provider".to_string(), name.to_string()));
-    let body = json!({"error": {"message": "injected failure", "provider": name, "status": b.status}});
-    Answer::Respond { status: b.status, headers, body: body.to_string().into_bytes() }
+    let body =
+        json!({"error": {"message": "injected failure", "provider": name, "status": b.status}});
+    Answer::Respond {
+        status: b.status,
+        headers,
+        body: body.to_string().into_bytes(),
+    }
 }
 
 fn success(name: &str, id: u64, req: &HttpRequest, b: &Behaviour) -> Answer {
@@ -461,7 +568,12 @@ fn success(name: &str, id: u64, req: &HttpRequest, b: &Behaviour) -> Answer {
         None => {
             let prompt = (req.body.len() as u64).div_ceil(4).max(1);
             let completion = u64::from(b.completion_tokens);
-            let path = req.path.splitn(3, '/').nth(2).map(|p| format!("/{p}")).unwrap_or_default();
+            let path = req
+                .path
+                .splitn(3, '/')
+                .nth(2)
+                .map(|p| format!("/{p}"))
+                .unwrap_or_default();
             json!({
                 "id": format!("mock-{name}-{id}"),
                 "object": "chat.completion",
@@ -476,5 +588,9 @@ fn success(name: &str, id: u64, req: &HttpRequest, b: &Behaviour) -> Answer {
             .into_bytes()
         }
     };
-    Answer::Respond { status: 200, headers, body }
+    Answer::Respond {
+        status: 200,
+        headers,
+        body,
+    }
 }

@@ -31,12 +31,26 @@ pub async fn handle(
 ) -> AppResult<Response> {
     let (full, object) = locate(cfg, namespace, key);
     match op {
-        CacheOp::Get => match call(env, binding::CACHE_SHARD, &object, &CacheRequest::Get { key: full }).await? {
-            CacheResponse::Hit { value, content_type, age_ms, ttl_left_ms } => {
+        CacheOp::Get => match call(
+            env,
+            binding::CACHE_SHARD,
+            &object,
+            &CacheRequest::Get { key: full },
+        )
+        .await?
+        {
+            CacheResponse::Hit {
+                value,
+                content_type,
+                age_ms,
+                ttl_left_ms,
+            } => {
                 let headers = Headers::new();
                 headers.set(
                     "Content-Type",
-                    content_type.as_deref().unwrap_or("application/octet-stream"),
+                    content_type
+                        .as_deref()
+                        .unwrap_or("application/octet-stream"),
                 )?;
                 headers.set("X-Cache", "HIT")?;
                 headers.set("Age", &(age_ms / 1000).to_string())?;
@@ -55,10 +69,17 @@ pub async fn handle(
             .unwrap_or(cfg.cache_default_ttl_s);
             let content_type = req.headers().get("Content-Type")?;
             if content_type.as_ref().is_some_and(|c| c.len() > 256) {
-                return Err(GatewayError::bad_request("invalid-header", "Content-Type too long").into());
+                return Err(
+                    GatewayError::bad_request("invalid-header", "Content-Type too long").into(),
+                );
             }
             let value = read_body(&mut req, cfg.max_body_bytes).await?;
-            let msg = CacheRequest::Put { key: full, value, content_type, ttl_ms: ttl_s * 1000 };
+            let msg = CacheRequest::Put {
+                key: full,
+                value,
+                content_type,
+                ttl_ms: ttl_s * 1000,
+            };
             match call(env, binding::CACHE_SHARD, &object, &msg).await? {
                 CacheResponse::Stored { evicted } => json(
                     &serde_json::json!({ "stored": true, "ttl_s": ttl_s, "evicted": evicted }),
@@ -68,7 +89,14 @@ pub async fn handle(
             }
         }
         CacheOp::Delete => {
-            match call(env, binding::CACHE_SHARD, &object, &CacheRequest::Delete { key: full }).await? {
+            match call(
+                env,
+                binding::CACHE_SHARD,
+                &object,
+                &CacheRequest::Delete { key: full },
+            )
+            .await?
+            {
                 CacheResponse::Deleted { existed } => {
                     json(&serde_json::json!({ "deleted": existed }), 200)
                 }
@@ -80,7 +108,10 @@ pub async fn handle(
 
 /// A 404 problem that also says `X-Cache: MISS|EXPIRED`.
 fn miss(kind: &str, path: &str, request_id: &str) -> AppResult<Response> {
-    let err = GatewayError::NotFound(format!("cache {}: nothing fresh under this key", kind.to_ascii_lowercase()));
+    let err = GatewayError::NotFound(format!(
+        "cache {}: nothing fresh under this key",
+        kind.to_ascii_lowercase()
+    ));
     let mut resp = problem_response(&err, request_id, path)?;
     resp.headers_mut().set("X-Cache", kind)?;
     Ok(resp)

@@ -38,10 +38,19 @@ struct Batch {
 
 /// `POST /v1/events`: `{"events":[{"status":200,"latency_ms":12,"cache":"hit"}]}`, at most
 /// 1000 per call, stamped with the gateway's clock and sent to one aggregator shard.
-pub async fn ingest(mut req: Request, env: &Env, cfg: &Config, request_id: &str) -> AppResult<Response> {
+pub async fn ingest(
+    mut req: Request,
+    env: &Env,
+    cfg: &Config,
+    request_id: &str,
+) -> AppResult<Response> {
     let batch: Batch = parse_json(&read_body(&mut req, cfg.max_body_bytes).await?)?;
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
-        return Err(GatewayError::bad_request("invalid-event", format!("send 1 to {MAX_BATCH} events")).into());
+        return Err(GatewayError::bad_request(
+            "invalid-event",
+            format!("send 1 to {MAX_BATCH} events"),
+        )
+        .into());
     }
     let at = now();
     let mut events = Vec::with_capacity(batch.events.len());
@@ -57,7 +66,14 @@ pub async fn ingest(mut req: Request, env: &Env, cfg: &Config, request_id: &str)
         events.push(ev);
     }
     let object = shard_name("aggregator", request_id, cfg.aggregator_shards);
-    match call(env, binding::AGGREGATOR, &object, &ARequest::Ingest { events }).await? {
+    match call(
+        env,
+        binding::AGGREGATOR,
+        &object,
+        &ARequest::Ingest { events },
+    )
+    .await?
+    {
         AResponse::Ingested(r) => json(&j!({ "accepted": r.accepted, "late": r.late }), 202),
         _ => Err(unexpected("aggregator")),
     }
@@ -68,7 +84,10 @@ fn period_ms(period: &str) -> Result<i64, GatewayError> {
         "1h" => Ok(3_600_000),
         "24h" => Ok(86_400_000),
         "7d" => Ok(7 * 86_400_000),
-        _ => Err(GatewayError::bad_request("invalid-query", "period must be 1h, 24h or 7d")),
+        _ => Err(GatewayError::bad_request(
+            "invalid-query",
+            "period must be 1h, 24h or 7d",
+        )),
     }
 }
 
@@ -95,13 +114,25 @@ pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Respons
     }
     let span = period_ms(&period)?;
     if format != "json" && format != "prometheus" {
-        return Err(GatewayError::bad_request("invalid-query", "format must be json or prometheus").into());
+        return Err(GatewayError::bad_request(
+            "invalid-query",
+            "format must be json or prometheus",
+        )
+        .into());
     }
     let t = now();
     let since = t.plus_ms(-span).minute_floor();
     let calls = (0..cfg.aggregator_shards).map(|i| {
         let name = format!("aggregator:{i}");
-        async move { call(env, binding::AGGREGATOR, &name, &ARequest::Snapshot { since }).await }
+        async move {
+            call(
+                env,
+                binding::AGGREGATOR,
+                &name,
+                &ARequest::Snapshot { since },
+            )
+            .await
+        }
     });
     let mut total = Window::default();
     for r in join_all(calls).await {
@@ -148,14 +179,32 @@ fn prometheus(w: &Window) -> String {
     let mut out = String::new();
     let counters = [
         ("gateway_requests_total", "Requests recorded.", w.requests),
-        ("gateway_errors_total", "Responses with status >= 500.", w.errors),
+        (
+            "gateway_errors_total",
+            "Responses with status >= 500.",
+            w.errors,
+        ),
         ("gateway_cache_hits_total", "Cache hits.", w.cache_hits),
-        ("gateway_cache_stale_hits_total", "Stale cache hits.", w.stale_hits),
-        ("gateway_cache_misses_total", "Cache misses.", w.cache_misses),
-        ("gateway_rate_limited_total", "Rate-limited requests.", w.rate_limited),
+        (
+            "gateway_cache_stale_hits_total",
+            "Stale cache hits.",
+            w.stale_hits,
+        ),
+        (
+            "gateway_cache_misses_total",
+            "Cache misses.",
+            w.cache_misses,
+        ),
+        (
+            "gateway_rate_limited_total",
+            "Rate-limited requests.",
+            w.rate_limited,
+        ),
     ];
     for (name, help, v) in counters {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        ));
     }
     out.push_str(&format!(
         "# HELP gateway_latency_max_ms Largest latency in the period.\n# TYPE gateway_latency_max_ms gauge\ngateway_latency_max_ms {}\n",

@@ -62,12 +62,23 @@ pub async fn get(env: &Env, name: &str) -> AppResult<Response> {
 
 /// `PUT /v1/experiments/{name}` (admin): `{"seed"?: "..", "variants":[{"name","weight","params"}]}`.
 pub async fn define(mut req: Request, env: &Env, cfg: &Config, name: &str) -> AppResult<Response> {
-    let body: ExperimentVar = parse_json(&read_body(&mut req, cfg.max_body_bytes.min(65_536)).await?)?;
+    let body: ExperimentVar =
+        parse_json(&read_body(&mut req, cfg.max_body_bytes.min(65_536)).await?)?;
     let def = body.into_def(name)?;
-    match send(env, name, ERequest::Define { name: name.into(), def }).await? {
-        EResponse::Defined { created } => {
-            json(&j!({ "name": name, "created": created }), if created { 201 } else { 200 })
-        }
+    match send(
+        env,
+        name,
+        ERequest::Define {
+            name: name.into(),
+            def,
+        },
+    )
+    .await?
+    {
+        EResponse::Defined { created } => json(
+            &j!({ "name": name, "created": created }),
+            if created { 201 } else { 200 },
+        ),
         _ => Err(unexpected("experiment")),
     }
 }
@@ -82,8 +93,21 @@ struct AssignBody {
 pub async fn assign(mut req: Request, env: &Env, _cfg: &Config, name: &str) -> AppResult<Response> {
     let body: AssignBody = parse_json(&read_body(&mut req, 4096).await?)?;
     validate::key("unit", &body.unit)?;
-    match send(env, name, ERequest::Assign { name: name.into(), unit: body.unit.clone() }).await? {
-        EResponse::Assigned { variant, params: p, new } => json(
+    match send(
+        env,
+        name,
+        ERequest::Assign {
+            name: name.into(),
+            unit: body.unit.clone(),
+        },
+    )
+    .await?
+    {
+        EResponse::Assigned {
+            variant,
+            params: p,
+            new,
+        } => json(
             &j!({ "experiment": name, "unit": body.unit, "variant": variant, "params": params(&p), "new": new }),
             200,
         ),
@@ -102,7 +126,11 @@ struct EventBody {
 pub async fn event(mut req: Request, env: &Env, _cfg: &Config, name: &str) -> AppResult<Response> {
     let body: EventBody = parse_json(&read_body(&mut req, 4096).await?)?;
     validate::key("unit", &body.unit)?;
-    let msg = ERequest::Event { name: name.into(), unit: body.unit, success: body.success };
+    let msg = ERequest::Event {
+        name: name.into(),
+        unit: body.unit,
+        success: body.success,
+    };
     match send(env, name, msg).await? {
         EResponse::Recorded { variant } => json(&j!({ "recorded": true, "variant": variant }), 200),
         _ => Err(unexpected("experiment")),

@@ -39,7 +39,15 @@ pub async fn list(env: &Env, cfg: &Config) -> AppResult<Response> {
 
 /// `GET /v1/providers/{group}`.
 pub async fn status(env: &Env, group: &str) -> AppResult<Response> {
-    match send(env, group, PRequest::Status { group: group.into() }).await? {
+    match send(
+        env,
+        group,
+        PRequest::Status {
+            group: group.into(),
+        },
+    )
+    .await?
+    {
         PResponse::Status(s) => json(&s, 200),
         _ => Err(unexpected("provider health")),
     }
@@ -52,20 +60,43 @@ struct ConfigureBody {
 }
 
 /// `PUT /v1/providers/{group}` (admin): replaces the group's providers.
-pub async fn configure(mut req: Request, env: &Env, cfg: &Config, group: &str) -> AppResult<Response> {
+pub async fn configure(
+    mut req: Request,
+    env: &Env,
+    cfg: &Config,
+    group: &str,
+) -> AppResult<Response> {
     let body: ConfigureBody = parse_json(&read_body(&mut req, cfg.max_body_bytes).await?)?;
     gateway_core::balancer::validate_group(&body.providers)?;
-    match send(env, group, PRequest::Configure { group: group.into(), providers: body.providers }).await? {
-        PResponse::Configured { providers } => {
-            json(&serde_json::json!({ "group": group, "providers": providers }), 200)
-        }
+    match send(
+        env,
+        group,
+        PRequest::Configure {
+            group: group.into(),
+            providers: body.providers,
+        },
+    )
+    .await?
+    {
+        PResponse::Configured { providers } => json(
+            &serde_json::json!({ "group": group, "providers": providers }),
+            200,
+        ),
         _ => Err(unexpected("provider health")),
     }
 }
 
 /// `POST /v1/providers/{group}/pick`.
 pub async fn pick(env: &Env, group: &str) -> AppResult<Response> {
-    match send(env, group, PRequest::Pick { group: group.into() }).await? {
+    match send(
+        env,
+        group,
+        PRequest::Pick {
+            group: group.into(),
+        },
+    )
+    .await?
+    {
         PResponse::Picked(p) => json(&p, 200),
         _ => Err(unexpected("provider health")),
     }
@@ -84,12 +115,19 @@ pub async fn report(mut req: Request, env: &Env, cfg: &Config, group: &str) -> A
     let body: ReportBody = parse_json(&read_body(&mut req, cfg.max_body_bytes.min(4096)).await?)?;
     gateway_core::validate::name("provider", &body.provider)?;
     if body.latency_ms > 600_000 {
-        return Err(GatewayError::bad_request("invalid-report", "latency_ms must be at most 600000").into());
+        return Err(GatewayError::bad_request(
+            "invalid-report",
+            "latency_ms must be at most 600000",
+        )
+        .into());
     }
     let msg = PRequest::Report {
         group: group.into(),
         provider: body.provider,
-        outcome: Outcome { ok: body.ok, latency_ms: body.latency_ms },
+        outcome: Outcome {
+            ok: body.ok,
+            latency_ms: body.latency_ms,
+        },
     };
     match send(env, group, msg).await? {
         PResponse::Reported => json(&serde_json::json!({ "recorded": true }), 200),

@@ -34,7 +34,11 @@ struct DecisionJson<'a> {
 
 /// The object that owns `(policy, key)`.
 pub fn object_name(cfg: &Config, policy: &str, key: &str) -> String {
-    shard_name("ratelimit", &format!("{policy}/{key}"), cfg.rate_limit_shards)
+    shard_name(
+        "ratelimit",
+        &format!("{policy}/{key}"),
+        cfg.rate_limit_shards,
+    )
 }
 
 fn policy<'c>(cfg: &'c Config, name: &str) -> Result<&'c TokenBucketPolicy, GatewayError> {
@@ -44,12 +48,14 @@ fn policy<'c>(cfg: &'c Config, name: &str) -> Result<&'c TokenBucketPolicy, Gate
 }
 
 fn cost_from_query(req: &Request) -> Result<u64, GatewayError> {
-    let url = req.url().map_err(|_| GatewayError::bad_request("invalid-url", "bad URL"))?;
+    let url = req
+        .url()
+        .map_err(|_| GatewayError::bad_request("invalid-url", "bad URL"))?;
     for (k, v) in url.query_pairs() {
         if k == "cost" {
-            return v
-                .parse()
-                .map_err(|_| GatewayError::bad_request("invalid-cost", "cost must be a positive integer"));
+            return v.parse().map_err(|_| {
+                GatewayError::bad_request("invalid-cost", "cost must be a positive integer")
+            });
         }
     }
     Ok(1)
@@ -92,9 +98,15 @@ fn decision_response(
             Ok(serde_json::Value::Object(m)) => Some(m),
             _ => None,
         };
-        let err = GatewayError::bad_request("rate-limited", "rate limit exceeded");
-        let mut r = problem_with_extra(&err, request_id, path, extra)?.with_status(429);
-        r.headers_mut().set("Retry-After", &d.retry_after_ms.div_ceil(1000).max(1).to_string())?;
+        let err = GatewayError::TooManyRequests(format!(
+            "rate limit of policy {name} exceeded; retry in {} ms",
+            d.retry_after_ms
+        ));
+        let mut r = problem_with_extra(&err, request_id, path, extra)?;
+        r.headers_mut().set(
+            "Retry-After",
+            &d.retry_after_ms.div_ceil(1000).max(1).to_string(),
+        )?;
         r
     };
     let (p, l) = header_values(name, policy, d);
@@ -135,14 +147,21 @@ pub async fn handle(
                 }
             };
             match call(env, binding::RATE_LIMITER, &object, &msg).await? {
-                RlResponse::Decision(d) => decision_response(policy_name, key, &policy, &d, &path, request_id),
+                RlResponse::Decision(d) => {
+                    decision_response(policy_name, key, &policy, &d, &path, request_id)
+                }
                 _ => Err(unexpected("rate limiter")),
             }
         }
         RateLimitOp::Reset => {
-            let msg = RlRequest::Reset { policy_name: policy_name.into(), key: key.into() };
+            let msg = RlRequest::Reset {
+                policy_name: policy_name.into(),
+                key: key.into(),
+            };
             match call(env, binding::RATE_LIMITER, &object, &msg).await? {
-                RlResponse::Reset { existed } => json(&serde_json::json!({ "reset": existed }), 200),
+                RlResponse::Reset { existed } => {
+                    json(&serde_json::json!({ "reset": existed }), 200)
+                }
                 _ => Err(unexpected("rate limiter")),
             }
         }

@@ -13,7 +13,11 @@ use crate::stub::{binding, call, unexpected};
 fn shard(id: &str, count: u32) -> Result<u32, GatewayError> {
     match id.parse::<u32>() {
         Ok(n) if n < count => Ok(n),
-        _ => Err(GatewayError::NotFound(format!("shard must be 0..{count}"))),
+        Ok(_) => Err(GatewayError::NotFound(format!("shard must be 0..{count}"))),
+        Err(_) => Err(GatewayError::bad_request(
+            "invalid-shard",
+            "shard must be a number",
+        )),
     }
 }
 
@@ -22,7 +26,14 @@ pub async fn stats(env: &Env, cfg: &Config, component: Component, id: &str) -> A
     match component {
         Component::RateLimit => {
             let name = format!("ratelimit:{}", shard(id, cfg.rate_limit_shards)?);
-            match call(env, binding::RATE_LIMITER, &name, &ratelimit::Request::Stats).await? {
+            match call(
+                env,
+                binding::RATE_LIMITER,
+                &name,
+                &ratelimit::Request::Stats,
+            )
+            .await?
+            {
                 ratelimit::Response::Stats(s) => json(&s, 200),
                 _ => Err(unexpected("rate limiter")),
             }
@@ -43,14 +54,28 @@ pub async fn stats(env: &Env, cfg: &Config, component: Component, id: &str) -> A
         }
         Component::Providers => {
             let msg = providers::Request::Status { group: id.into() };
-            match call(env, binding::PROVIDER_HEALTH, &super::providers::object_name(id), &msg).await? {
+            match call(
+                env,
+                binding::PROVIDER_HEALTH,
+                &super::providers::object_name(id),
+                &msg,
+            )
+            .await?
+            {
                 providers::Response::Status(s) => json(&s, 200),
                 _ => Err(unexpected("provider health")),
             }
         }
         Component::Experiments => {
             let msg = experiment::Request::Get { name: id.into() };
-            match call(env, binding::EXPERIMENT, &super::experiments::object_name(id), &msg).await? {
+            match call(
+                env,
+                binding::EXPERIMENT,
+                &super::experiments::object_name(id),
+                &msg,
+            )
+            .await?
+            {
                 experiment::Response::State(s) => json(&super::experiments::state_json(&s), 200),
                 _ => Err(unexpected("experiment")),
             }

@@ -12,10 +12,20 @@ fn assignment_is_sticky_and_follows_the_pinned_hash() {
     let rt = &shared().rt;
     // Buckets for seed "title-search-ttl" computed independently: 50/50 split at 5000.
     let unit = unique("unit");
-    let first = rt.post_json("/v1/experiments/title-search-ttl/assign", &json!({"unit": unit})).json();
+    let first = rt
+        .post_json(
+            "/v1/experiments/title-search-ttl/assign",
+            &json!({"unit": unit}),
+        )
+        .json();
     assert_eq!(first["new"], true);
     for _ in 0..3 {
-        let again = rt.post_json("/v1/experiments/title-search-ttl/assign", &json!({"unit": unit})).json();
+        let again = rt
+            .post_json(
+                "/v1/experiments/title-search-ttl/assign",
+                &json!({"unit": unit}),
+            )
+            .json();
         assert_eq!(again["variant"], first["variant"]);
         assert_eq!(again["new"], false);
     }
@@ -28,19 +38,44 @@ fn weight_change_does_not_move_assigned_units() {
     let rt = &shared().rt;
     let name = unique("exp");
     let def = |a: u32, b: u32| json!({"variants": [{"name": "a", "weight": a}, {"name": "b", "weight": b}]});
-    assert_eq!(rt.admin("PUT", &format!("/v1/experiments/{name}"), &def(50, 50)).status, 201);
+    assert_eq!(
+        rt.admin("PUT", &format!("/v1/experiments/{name}"), &def(50, 50))
+            .status,
+        201
+    );
     let units: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
     let before: Vec<_> = units
         .iter()
-        .map(|u| rt.post_json(&format!("/v1/experiments/{name}/assign"), &json!({"unit": u})).json()["variant"].clone())
+        .map(|u| {
+            rt.post_json(
+                &format!("/v1/experiments/{name}/assign"),
+                &json!({"unit": u}),
+            )
+            .json()["variant"]
+                .clone()
+        })
         .collect();
     assert!(before.iter().any(|v| v == "a") && before.iter().any(|v| v == "b"));
-    assert_eq!(rt.admin("PUT", &format!("/v1/experiments/{name}"), &def(0, 100)).status, 200);
+    assert_eq!(
+        rt.admin("PUT", &format!("/v1/experiments/{name}"), &def(0, 100))
+            .status,
+        200
+    );
     for (u, v) in units.iter().zip(&before) {
-        let now = rt.post_json(&format!("/v1/experiments/{name}/assign"), &json!({"unit": u})).json();
+        let now = rt
+            .post_json(
+                &format!("/v1/experiments/{name}/assign"),
+                &json!({"unit": u}),
+            )
+            .json();
         assert_eq!(&now["variant"], v, "unit {u} moved");
     }
-    let fresh = rt.post_json(&format!("/v1/experiments/{name}/assign"), &json!({"unit": "brand-new"})).json();
+    let fresh = rt
+        .post_json(
+            &format!("/v1/experiments/{name}/assign"),
+            &json!({"unit": "brand-new"}),
+        )
+        .json();
     assert_eq!(fresh["variant"], "b", "new units follow the new weights");
 }
 
@@ -48,22 +83,46 @@ fn weight_change_does_not_move_assigned_units() {
 fn events_are_tallied_and_the_analysis_alarm_runs() {
     let rt = &shared().rt;
     let name = unique("exp-an");
-    let def = json!({"variants": [{"name": "control", "weight": 1}, {"name": "treatment", "weight": 1}]});
-    assert_eq!(rt.admin("PUT", &format!("/v1/experiments/{name}"), &def).status, 201);
-    rt.post_json(&format!("/v1/experiments/{name}/events"), &json!({"unit": "ghost", "success": true}))
-        .assert_problem(409);
+    let def =
+        json!({"variants": [{"name": "control", "weight": 1}, {"name": "treatment", "weight": 1}]});
+    assert_eq!(
+        rt.admin("PUT", &format!("/v1/experiments/{name}"), &def)
+            .status,
+        201
+    );
+    rt.post_json(
+        &format!("/v1/experiments/{name}/events"),
+        &json!({"unit": "ghost", "success": true}),
+    )
+    .assert_problem(409);
     for i in 0..10 {
         let u = format!("u{i}");
-        rt.post_json(&format!("/v1/experiments/{name}/assign"), &json!({"unit": u}));
-        let r = rt.post_json(&format!("/v1/experiments/{name}/events"), &json!({"unit": u, "success": i % 2 == 0}));
+        rt.post_json(
+            &format!("/v1/experiments/{name}/assign"),
+            &json!({"unit": u}),
+        );
+        let r = rt.post_json(
+            &format!("/v1/experiments/{name}/events"),
+            &json!({"unit": u, "success": i % 2 == 0}),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let v = eventually(Duration::from_secs(20), "the analysis alarm", || {
         let v = rt.get(&format!("/v1/experiments/{name}")).json();
         (v["analysis"]["events"] == 10).then_some(v)
     });
-    let events: u64 = v["variants"].as_array().unwrap().iter().map(|a| a["events"].as_u64().unwrap()).sum();
-    let successes: u64 = v["variants"].as_array().unwrap().iter().map(|a| a["successes"].as_u64().unwrap()).sum();
+    let events: u64 = v["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["events"].as_u64().unwrap())
+        .sum();
+    let successes: u64 = v["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["successes"].as_u64().unwrap())
+        .sum();
     assert_eq!((events, successes), (10, 5));
     assert!(v["object"]["alarm"]["runs"].as_u64().unwrap() >= 1);
 }
@@ -71,8 +130,16 @@ fn events_are_tallied_and_the_analysis_alarm_runs() {
 #[test]
 fn unknown_experiment_is_404_and_define_needs_admin() {
     let rt = &shared().rt;
-    rt.post_json("/v1/experiments/nope/assign", &json!({"unit": "u"})).assert_problem(404);
-    let body = json!({"variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}).to_string();
-    rt.send("PUT", "/v1/experiments/x", &[], Some(body.as_bytes())).assert_problem(401);
-    rt.admin("PUT", "/v1/experiments/x", &json!({"variants": [{"name": "a", "weight": 1}]})).assert_problem(400);
+    rt.post_json("/v1/experiments/nope/assign", &json!({"unit": "u"}))
+        .assert_problem(404);
+    let body =
+        json!({"variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}).to_string();
+    rt.send("PUT", "/v1/experiments/x", &[], Some(body.as_bytes()))
+        .assert_problem(401);
+    rt.admin(
+        "PUT",
+        "/v1/experiments/x",
+        &json!({"variants": [{"name": "a", "weight": 1}]}),
+    )
+    .assert_problem(400);
 }

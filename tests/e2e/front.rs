@@ -17,7 +17,12 @@ fn request_id_is_echoed_when_sane_and_replaced_when_not() {
     let rt = &shared().rt;
     let r = rt.send("GET", "/health", &[("X-Request-Id", "client-id-123")], None);
     assert_eq!(r.header("x-request-id"), Some("client-id-123"));
-    let r = rt.send("GET", "/health", &[("X-Request-Id", "bad id with spaces")], None);
+    let r = rt.send(
+        "GET",
+        "/health",
+        &[("X-Request-Id", "bad id with spaces")],
+        None,
+    );
     assert_ne!(r.header("x-request-id"), Some("bad id with spaces"));
     // Every response has one, errors included, and the problem quotes it.
     let r = rt.send("GET", "/nope", &[("X-Request-Id", "trace-me")], None);

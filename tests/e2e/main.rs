@@ -25,7 +25,8 @@ static SHARED: OnceLock<Shared> = OnceLock::new();
 /// The shared environment, started on first use.
 pub fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
-        let upstream = gateway_e2e::mock_upstream::start("127.0.0.1:0").expect("start mock upstream");
+        let upstream =
+            gateway_e2e::mock_upstream::start("127.0.0.1:0").expect("start mock upstream");
         let rt = Runtime::start(&temp_dir("e2e"), &test_vars(&upstream.url()));
         Shared { rt, upstream }
     })
@@ -35,5 +36,9 @@ pub fn shared() -> &'static Shared {
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }

@@ -16,7 +16,10 @@ fn admits_exactly_capacity_then_denies_with_headers_and_retry_after() {
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
         assert_eq!(r.json()["remaining"], 4 - i);
         assert_eq!(r.header("ratelimit-policy"), Some("\"tight\";q=5;w=18000"));
-        assert_eq!(r.header("ratelimit").unwrap(), format!("\"tight\";r={};t={}", 4 - i, 3600 * (i + 1)));
+        assert_eq!(
+            r.header("ratelimit").unwrap(),
+            format!("\"tight\";r={};t={}", 4 - i, 3600 * (i + 1))
+        );
     }
     for _ in 0..3 {
         let r = rt.send("POST", &format!("/v1/ratelimit/tight/{key}"), &[], None);
@@ -33,39 +36,74 @@ fn peek_does_not_consume_and_cost_is_honoured() {
     let rt = &shared().rt;
     let key = unique("rl-peek");
     let path = format!("/v1/ratelimit/tight/{key}");
-    assert_eq!(rt.get(&path).json()["remaining"], 4, "peek of a full bucket");
-    assert_eq!(rt.get(&path).json()["remaining"], 4, "peeking twice consumed nothing");
+    assert_eq!(
+        rt.get(&path).json()["remaining"],
+        5,
+        "peek of a full bucket"
+    );
+    assert_eq!(
+        rt.get(&path).json()["remaining"],
+        5,
+        "peeking twice consumed nothing"
+    );
+    let p = rt.get(&format!("{path}?cost=6"));
+    p.assert_problem(400);
     let r = rt.post_json(&path, &serde_json::json!({"cost": 3}));
     assert_eq!(r.json()["remaining"], 2);
     let r = rt.post_json(&path, &serde_json::json!({"cost": 3}));
     r.assert_problem(429);
+    let p = rt.get(&format!("{path}?cost=3"));
+    assert_eq!(p.status, 429, "a peek that would be denied answers 429 too");
+    assert_eq!(p.json()["remaining"], 2);
     // The denied request of cost 3 changed nothing: 2 tokens are still there.
-    assert_eq!(rt.post_json(&path, &serde_json::json!({"cost": 2})).status, 200);
+    assert_eq!(
+        rt.post_json(&path, &serde_json::json!({"cost": 2})).status,
+        200
+    );
 }
 
 #[test]
 fn cost_above_capacity_is_400_and_does_not_lock_the_key() {
     let rt = &shared().rt;
     let path = format!("/v1/ratelimit/tight/{}", unique("rl-cost"));
-    rt.post_json(&path, &serde_json::json!({"cost": 6})).assert_problem(400);
-    assert_eq!(rt.post_json(&path, &serde_json::json!({"cost": 5})).status, 200);
+    rt.post_json(&path, &serde_json::json!({"cost": 6}))
+        .assert_problem(400);
+    assert_eq!(
+        rt.post_json(&path, &serde_json::json!({"cost": 5})).status,
+        200
+    );
 }
 
 #[test]
 fn reset_needs_admin_and_refills_the_bucket() {
     let rt = &shared().rt;
     let path = format!("/v1/ratelimit/tight/{}", unique("rl-reset"));
-    assert_eq!(rt.post_json(&path, &serde_json::json!({"cost": 5})).status, 200);
+    assert_eq!(
+        rt.post_json(&path, &serde_json::json!({"cost": 5})).status,
+        200
+    );
     rt.send("DELETE", &path, &[], None).assert_problem(401);
-    rt.send("DELETE", &path, &[("Authorization", "Bearer wrong-token-wrong-token")], None).assert_problem(403);
+    rt.send(
+        "DELETE",
+        &path,
+        &[("Authorization", "Bearer wrong-token-wrong-token")],
+        None,
+    )
+    .assert_problem(403);
     let r = rt.admin("DELETE", &path, &serde_json::json!(null));
     assert_eq!(r.json()["reset"], true);
-    assert_eq!(rt.post_json(&path, &serde_json::json!({"cost": 5})).status, 200);
+    assert_eq!(
+        rt.post_json(&path, &serde_json::json!({"cost": 5})).status,
+        200
+    );
 }
 
 #[test]
 fn unknown_policy_is_404() {
-    shared().rt.send("POST", "/v1/ratelimit/no-such-policy/k", &[], None).assert_problem(404);
+    shared()
+        .rt
+        .send("POST", "/v1/ratelimit/no-such-policy/k", &[], None)
+        .assert_problem(404);
 }
 
 #[test]
@@ -75,13 +113,22 @@ fn gc_alarm_removes_buckets_that_are_full_again() {
     // shard of a fresh key via the stats of every shard: simplest is to use a key and poll the
     // shard its name hashes to.
     let key = unique("rl-gc");
-    assert_eq!(rt.send("POST", &format!("/v1/ratelimit/fast/{key}"), &[], None).status, 200);
+    assert_eq!(
+        rt.send("POST", &format!("/v1/ratelimit/fast/{key}"), &[], None)
+            .status,
+        200
+    );
     let shard = gateway_core_shard(&format!("fast/{key}"), 64);
-    let stats = eventually(Duration::from_secs(20), "the GC alarm to run and collect", || {
-        let s = rt.get(&format!("/v1/stats/ratelimit/{shard}")).json();
-        (s["collected"].as_u64().unwrap_or(0) >= 1 && s["object"]["alarm"]["runs"].as_u64().unwrap_or(0) >= 1)
-            .then_some(s)
-    });
+    let stats = eventually(
+        Duration::from_secs(20),
+        "the GC alarm to run and collect",
+        || {
+            let s = rt.get(&format!("/v1/stats/ratelimit/{shard}")).json();
+            (s["collected"].as_u64().unwrap_or(0) >= 1
+                && s["object"]["alarm"]["runs"].as_u64().unwrap_or(0) >= 1)
+                .then_some(s)
+        },
+    );
     assert!(stats["allowed"].as_u64().unwrap() >= 1);
 }
 

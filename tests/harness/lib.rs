@@ -39,7 +39,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh persist folder, on tmpfs where available (disk fsyncs make every write slow).
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let base = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
     let dir = base.join(format!(
         "edge-gateway-{tag}-{}-{}",
         std::process::id(),
@@ -69,7 +73,10 @@ impl Runtime {
             base: String::new(),
             port: 0,
             persist: persist.to_path_buf(),
-            vars: vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             log: persist.with_extension("log"),
             child: None,
         };
@@ -82,8 +89,15 @@ impl Runtime {
         let port = free_port();
         let inspector = free_port();
         let wrangler = root.join("node_modules/.bin/wrangler");
-        assert!(wrangler.exists(), "run `make setup` first: {} is missing", wrangler.display());
-        assert!(root.join("build/index.js").exists(), "run `make build` first");
+        assert!(
+            wrangler.exists(),
+            "run `make setup` first: {} is missing",
+            wrangler.display()
+        );
+        assert!(
+            root.join("build/index.js").exists(),
+            "run `make build` first"
+        );
         let mut args: Vec<String> = vec![
             wrangler.display().to_string(),
             "dev".into(),
@@ -143,17 +157,27 @@ impl Runtime {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Ok(r) = ureq::get(&format!("{}/health", self.base)).timeout(Duration::from_secs(2)).call() {
+            if let Ok(r) = ureq::get(&format!("{}/health", self.base))
+                .timeout(Duration::from_secs(2))
+                .call()
+            {
                 if r.status() == 200 {
                     return;
                 }
             }
             if let Some((child, _)) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("wrangler dev exited ({status}) before it was ready:\n{}", self.log_tail());
+                    panic!(
+                        "wrangler dev exited ({status}) before it was ready:\n{}",
+                        self.log_tail()
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "runtime not ready within 90 s:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "runtime not ready within 90 s:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -176,7 +200,9 @@ impl Runtime {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.wait();
         }
     }
@@ -193,7 +219,13 @@ impl Runtime {
     }
 
     /// Sends a request and returns the response whatever its status.
-    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
         send(method, &self.url(path), headers, body)
     }
 
@@ -205,14 +237,27 @@ impl Runtime {
     /// POST a JSON value.
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Resp {
         let b = body.to_string();
-        self.send("POST", path, &[("Content-Type", "application/json")], Some(b.as_bytes()))
+        self.send(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(b.as_bytes()),
+        )
     }
 
     /// A request with the admin token.
     pub fn admin(&self, method: &str, path: &str, body: &serde_json::Value) -> Resp {
         let b = body.to_string();
         let auth = format!("Bearer {ADMIN_TOKEN}");
-        self.send(method, path, &[("Authorization", &auth), ("Content-Type", "application/json")], Some(b.as_bytes()))
+        self.send(
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(b.as_bytes()),
+        )
     }
 }
 
@@ -237,7 +282,10 @@ impl Resp {
     /// A header value.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as text.
@@ -254,18 +302,31 @@ impl Resp {
     /// Asserts this is an RFC 9457 problem with `status` and returns its JSON.
     pub fn assert_problem(&self, status: u16) -> serde_json::Value {
         assert_eq!(self.status, status, "body: {}", self.text());
-        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.text()
+        );
         let p = self.json();
         assert_eq!(p["status"], status);
-        assert!(p["type"].as_str().is_some_and(|t| t.starts_with("urn:edge-gateway:problem:")));
+        assert!(p["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:edge-gateway:problem:")));
         assert!(p["title"].is_string() && p["detail"].is_string());
-        assert_eq!(p["requestId"].as_str(), self.header("x-request-id"), "problem carries the request id");
+        assert_eq!(
+            p["requestId"].as_str(),
+            self.header("x-request-id"),
+            "problem carries the request id"
+        );
         p
     }
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build()
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
 }
 
 /// Sends a request to an absolute URL and returns the response whatever its status.
@@ -287,11 +348,18 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8
     let headers = resp
         .headers_names()
         .into_iter()
-        .filter_map(|n| resp.header(&n).map(|v| (n.to_ascii_lowercase(), v.to_string())))
+        .filter_map(|n| {
+            resp.header(&n)
+                .map(|v| (n.to_ascii_lowercase(), v.to_string()))
+        })
         .collect();
     let mut body = Vec::new();
     let _ = resp.into_reader().take(16 << 20).read_to_end(&mut body);
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, or panics after `timeout` with `what`.
@@ -301,7 +369,10 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

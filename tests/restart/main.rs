@@ -12,30 +12,82 @@ fn acknowledged_state_of_every_durable_object_survives_a_restart() {
     let mut rt = Runtime::start(&dir, &test_vars(&upstream.url()));
 
     // RateLimiterDO: consume 3 of 5 tokens (policy "tight" does not refill during the test).
-    assert_eq!(rt.post_json("/v1/ratelimit/tight/survivor", &json!({"cost": 3})).status, 200);
+    assert_eq!(
+        rt.post_json("/v1/ratelimit/tight/survivor", &json!({"cost": 3}))
+            .status,
+        200
+    );
     // CacheShardDO: an entry with a long TTL.
-    assert_eq!(rt.send("PUT", "/v1/cache/ns/survivor", &[("Cache-Control", "max-age=3600")], Some(b"still here")).status, 201);
-    // ProviderHealthDO: failures recorded against a provider.
-    for _ in 0..2 {
-        let r = rt.post_json("/v1/providers/demo/report", &json!({"provider": "beta", "ok": false, "latency_ms": 7}));
+    assert_eq!(
+        rt.send(
+            "PUT",
+            "/v1/cache/ns/survivor",
+            &[("Cache-Control", "max-age=3600")],
+            Some(b"still here")
+        )
+        .status,
+        201
+    );
+    // ProviderHealthDO: beta fails its probes and five reported calls: it is ejected.
+    let ctl = format!("{}/__control/beta", upstream.url());
+    assert_eq!(
+        gateway_e2e::send(
+            "PUT",
+            &ctl,
+            &[],
+            Some(br#"{"failure_rate":1.0,"status":503}"#)
+        )
+        .status,
+        200
+    );
+    for _ in 0..5 {
+        let r = rt.post_json(
+            "/v1/providers/demo/report",
+            &json!({"provider": "beta", "ok": false, "latency_ms": 7}),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
     }
     // ExperimentDO: a sticky assignment.
-    let assigned = rt.post_json("/v1/experiments/title-search-ttl/assign", &json!({"unit": "survivor"})).json();
+    let assigned = rt
+        .post_json(
+            "/v1/experiments/title-search-ttl/assign",
+            &json!({"unit": "survivor"}),
+        )
+        .json();
     // AggregatorDO: events.
     let r = rt.post_json("/v1/events", &json!({"events": [{"status": 200, "latency_ms": 5, "cache": "hit"}, {"status": 500, "latency_ms": 9}]}));
     assert_eq!(r.status, 202);
 
     rt.restart();
 
-    assert_eq!(rt.get("/v1/ratelimit/tight/survivor").json()["remaining"], 2, "consumed tokens stay consumed");
+    assert_eq!(
+        rt.get("/v1/ratelimit/tight/survivor").json()["remaining"],
+        2,
+        "consumed tokens stay consumed"
+    );
     let c = rt.get("/v1/cache/ns/survivor");
-    assert_eq!((c.status, c.body.as_slice()), (200, b"still here".as_slice()));
+    assert_eq!(
+        (c.status, c.body.as_slice()),
+        (200, b"still here".as_slice())
+    );
     let p = rt.get("/v1/providers/demo").json();
-    let beta = p["providers"].as_array().unwrap().iter().find(|x| x["spec"]["name"] == "beta").unwrap().clone();
-    assert_eq!(beta["health"]["failures"], 2);
-    assert_eq!(beta["health"]["consecutive_failures"], 2);
-    let again = rt.post_json("/v1/experiments/title-search-ttl/assign", &json!({"unit": "survivor"})).json();
+    let beta = p["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["spec"]["name"] == "beta")
+        .unwrap()
+        .clone();
+    assert_eq!(beta["health"]["requests"], 5, "reported outcomes survive");
+    assert!(beta["health"]["failures"].as_u64().unwrap() >= 5);
+    assert_eq!(beta["healthy"], false, "the ejection survives the restart");
+    assert!(beta["health"]["ejected_until"].is_number());
+    let again = rt
+        .post_json(
+            "/v1/experiments/title-search-ttl/assign",
+            &json!({"unit": "survivor"}),
+        )
+        .json();
     assert_eq!(again["variant"], assigned["variant"]);
     assert_eq!(again["new"], false, "the assignment came from storage");
     let m = rt.get("/metrics").json();

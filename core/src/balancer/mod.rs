@@ -44,7 +44,10 @@ impl ProviderSpec {
         validate::name("provider name", &self.name)?;
         if !(self.url.starts_with("http://") || self.url.starts_with("https://"))
             || self.url.len() > 2048
-            || self.url.chars().any(|c| c.is_control() || c.is_whitespace())
+            || self
+                .url
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
         {
             return Err(GatewayError::bad_request(
                 "invalid-provider",
@@ -130,7 +133,10 @@ pub struct EjectionPolicy {
 
 impl Default for EjectionPolicy {
     fn default() -> Self {
-        EjectionPolicy { consecutive_failures: 5, base_ejection_ms: 30_000 }
+        EjectionPolicy {
+            consecutive_failures: 5,
+            base_ejection_ms: 30_000,
+        }
     }
 }
 
@@ -167,7 +173,12 @@ impl Balancer {
     /// A balancer over `specs` with fresh health.
     pub fn new(specs: Vec<ProviderSpec>, policy: EjectionPolicy) -> Self {
         let n = specs.len();
-        Balancer { specs, health: vec![ProviderHealth::default(); n], scores: vec![0; n], policy }
+        Balancer {
+            specs,
+            health: vec![ProviderHealth::default(); n],
+            scores: vec![0; n],
+            policy,
+        }
     }
 
     /// Replaces the health of the provider named `name` (when loading from storage).
@@ -194,14 +205,22 @@ impl Balancer {
 
     /// Picks a provider at `now`; `None` only for an empty group.
     pub fn pick(&mut self, now: UnixMillis) -> Option<Pick> {
-        let healthy: Vec<usize> =
-            (0..self.specs.len()).filter(|&i| self.health[i].is_healthy(now)).collect();
+        let healthy: Vec<usize> = (0..self.specs.len())
+            .filter(|&i| self.health[i].is_healthy(now))
+            .collect();
         if healthy.is_empty() {
             let i = (0..self.specs.len()).min_by_key(|&i| self.health[i].ejected_until)?;
             let s = &self.specs[i];
-            return Some(Pick { name: s.name.clone(), url: s.url.clone(), panic: true });
+            return Some(Pick {
+                name: s.name.clone(),
+                url: s.url.clone(),
+                panic: true,
+            });
         }
-        let total: i64 = healthy.iter().map(|&i| i64::from(self.specs[i].weight)).sum();
+        let total: i64 = healthy
+            .iter()
+            .map(|&i| i64::from(self.specs[i].weight))
+            .sum();
         let mut best = healthy[0];
         for &i in &healthy {
             self.scores[i] += i64::from(self.specs[i].weight);
@@ -211,7 +230,11 @@ impl Balancer {
         }
         self.scores[best] -= total;
         let s = &self.specs[best];
-        Some(Pick { name: s.name.clone(), url: s.url.clone(), panic: false })
+        Some(Pick {
+            name: s.name.clone(),
+            url: s.url.clone(),
+            panic: false,
+        })
     }
 
     /// Records an outcome for `name`; returns the provider's index when it changed.
@@ -220,8 +243,11 @@ impl Balancer {
         let h = &mut self.health[i];
         h.requests += 1;
         let l = f64::from(outcome.latency_ms);
-        h.latency_ewma_ms =
-            if h.requests == 1 { l } else { 0.8 * h.latency_ewma_ms + 0.2 * l };
+        h.latency_ewma_ms = if h.requests == 1 {
+            l
+        } else {
+            0.8 * h.latency_ewma_ms + 0.2 * l
+        };
         if outcome.ok {
             h.successes += 1;
             h.consecutive_failures = 0;
@@ -248,7 +274,12 @@ impl Balancer {
     pub fn probe_targets(&self) -> Vec<(String, String)> {
         self.specs
             .iter()
-            .map(|s| (s.name.clone(), format!("{}{}", s.url.trim_end_matches('/'), s.health_path)))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    format!("{}{}", s.url.trim_end_matches('/'), s.health_path),
+                )
+            })
             .collect()
     }
 
@@ -288,7 +319,9 @@ mod tests {
     #[test]
     fn weighted_round_robin_matches_weights_exactly_per_cycle() {
         let mut b = Balancer::new(vec![spec("a", 3), spec("b", 1)], EjectionPolicy::default());
-        let picks: Vec<String> = (0..8).map(|_| b.pick(UnixMillis(0)).unwrap().name).collect();
+        let picks: Vec<String> = (0..8)
+            .map(|_| b.pick(UnixMillis(0)).unwrap().name)
+            .collect();
         assert_eq!(picks.iter().filter(|p| *p == "a").count(), 6);
         // Smooth: never more than three `a` in a row.
         assert_eq!(picks[..4], ["a", "a", "b", "a"]);
@@ -296,9 +329,15 @@ mod tests {
 
     #[test]
     fn consecutive_failures_eject_with_growing_time_and_probe_restores() {
-        let policy = EjectionPolicy { consecutive_failures: 2, base_ejection_ms: 1000 };
+        let policy = EjectionPolicy {
+            consecutive_failures: 2,
+            base_ejection_ms: 1000,
+        };
         let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], policy);
-        let fail = Outcome { ok: false, latency_ms: 5 };
+        let fail = Outcome {
+            ok: false,
+            latency_ms: 5,
+        };
         b.report("a", fail, UnixMillis(0));
         assert!(b.health(0).unwrap().is_healthy(UnixMillis(0)));
         b.report("a", fail, UnixMillis(0));
@@ -310,15 +349,36 @@ mod tests {
         assert!(b.health(0).unwrap().is_healthy(UnixMillis(20)));
         b.report("a", fail, UnixMillis(30));
         b.report("a", fail, UnixMillis(30));
-        assert_eq!(b.health(0).unwrap().ejected_until, Some(UnixMillis(2030)), "doubled");
+        assert_eq!(
+            b.health(0).unwrap().ejected_until,
+            Some(UnixMillis(2030)),
+            "doubled"
+        );
     }
 
     #[test]
     fn all_ejected_routes_to_least_bad_in_panic_mode() {
-        let policy = EjectionPolicy { consecutive_failures: 1, base_ejection_ms: 1000 };
+        let policy = EjectionPolicy {
+            consecutive_failures: 1,
+            base_ejection_ms: 1000,
+        };
         let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], policy);
-        b.report("a", Outcome { ok: false, latency_ms: 1 }, UnixMillis(0));
-        b.report("b", Outcome { ok: false, latency_ms: 1 }, UnixMillis(500));
+        b.report(
+            "a",
+            Outcome {
+                ok: false,
+                latency_ms: 1,
+            },
+            UnixMillis(0),
+        );
+        b.report(
+            "b",
+            Outcome {
+                ok: false,
+                latency_ms: 1,
+            },
+            UnixMillis(500),
+        );
         let p = b.pick(UnixMillis(600)).unwrap();
         assert!(p.panic);
         assert_eq!(p.name, "a");

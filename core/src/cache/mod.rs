@@ -209,7 +209,10 @@ impl<V> LruTtlCache<V> {
         let mut removed = Vec::new();
         if let Some(&old) = self.index.get(&key) {
             self.remove_slot(old);
-            removed.push(Removed { key: key.clone(), cause: EvictionCause::Replaced });
+            removed.push(Removed {
+                key: key.clone(),
+                cause: EvictionCause::Replaced,
+            });
         }
         while self.index.len() >= self.max_entries || self.bytes + weight > self.max_bytes {
             let victim = self.tail;
@@ -226,7 +229,15 @@ impl<V> LruTtlCache<V> {
             let key = self.remove_slot(victim);
             removed.push(Removed { key, cause });
         }
-        let slot = Slot { key: key.clone(), value: Some(value), weight, stored_at, expires_at, prev: NIL, next: NIL };
+        let slot = Slot {
+            key: key.clone(),
+            value: Some(value),
+            weight,
+            stored_at,
+            expires_at,
+            prev: NIL,
+            next: NIL,
+        };
         let idx = match self.free.pop() {
             Some(i) => {
                 self.slots[i] = slot;
@@ -269,7 +280,10 @@ impl<V> LruTtlCache<V> {
             }
             let key = self.remove_slot(slot);
             self.counters.expired += 1;
-            removed.push(Removed { key, cause: EvictionCause::Expired });
+            removed.push(Removed {
+                key,
+                cause: EvictionCause::Expired,
+            });
         }
         removed
     }
@@ -341,7 +355,13 @@ mod tests {
         c.put("b".into(), 2, 1, 1000, t(0)).unwrap();
         assert!(matches!(c.get("a", t(1)), Lookup::Hit { value: 1, .. }));
         let removed = c.put("c".into(), 3, 1, 1000, t(2)).unwrap();
-        assert_eq!(removed, vec![Removed { key: "b".into(), cause: EvictionCause::Capacity }]);
+        assert_eq!(
+            removed,
+            vec![Removed {
+                key: "b".into(),
+                cause: EvictionCause::Capacity
+            }]
+        );
         assert_eq!(c.keys_lru_first(), vec!["a", "c"]);
     }
 
@@ -365,10 +385,23 @@ mod tests {
         c.put("a".into(), 1, 1, 100, t(0)).unwrap();
         c.put("b".into(), 2, 1, 200, t(0)).unwrap();
         assert_eq!(c.next_deadline(), Some(t(100)));
-        assert!(matches!(c.get("a", t(99)), Lookup::Hit { age_ms: 99, ttl_left_ms: 1, .. }));
+        assert!(matches!(
+            c.get("a", t(99)),
+            Lookup::Hit {
+                age_ms: 99,
+                ttl_left_ms: 1,
+                ..
+            }
+        ));
         assert_eq!(c.get("a", t(100)), Lookup::Expired);
         let swept = c.on_alarm(t(200));
-        assert_eq!(swept, vec![Removed { key: "b".into(), cause: EvictionCause::Expired }]);
+        assert_eq!(
+            swept,
+            vec![Removed {
+                key: "b".into(),
+                cause: EvictionCause::Expired
+            }]
+        );
         assert!(c.is_empty());
         assert_eq!(c.bytes(), 0);
         assert_eq!(c.next_deadline(), None);
@@ -394,7 +427,9 @@ pub const MAX_TTL_S: u64 = 31_536_000;
 pub fn parse_max_age(cache_control: &str) -> Result<Option<u64>, GatewayError> {
     for directive in cache_control.split(',') {
         let directive = directive.trim();
-        let Some((name, value)) = directive.split_once('=') else { continue };
+        let Some((name, value)) = directive.split_once('=') else {
+            continue;
+        };
         if !name.trim().eq_ignore_ascii_case("max-age") {
             continue;
         }

@@ -77,7 +77,12 @@ pub fn bucket(seed: &str, unit: &str) -> u32 {
 /// The arm index for a unit that has no stored assignment yet.
 pub fn assign(def: &ExperimentDef, unit: &str) -> usize {
     let b = u64::from(bucket(&def.seed, unit));
-    let total: u64 = def.variants.iter().map(|v| u64::from(v.weight)).sum::<u64>().max(1);
+    let total: u64 = def
+        .variants
+        .iter()
+        .map(|v| u64::from(v.weight))
+        .sum::<u64>()
+        .max(1);
     let mut cumulative = 0u64;
     let last_weighted = def.variants.iter().rposition(|v| v.weight > 0).unwrap_or(0);
     for (i, v) in def.variants.iter().enumerate() {
@@ -121,7 +126,10 @@ pub fn analyse(def: &ExperimentDef, tallies: &[ArmTally]) -> Analysis {
             (v.name.clone(), rate)
         })
         .collect();
-    Analysis { rates, events: tallies.iter().map(|t| t.events).sum() }
+    Analysis {
+        rates,
+        events: tallies.iter().map(|t| t.events).sum(),
+    }
 }
 
 #[cfg(test)]
@@ -134,7 +142,11 @@ mod tests {
             variants: weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| Variant { name: format!("v{i}"), weight: *w, params: "{}".into() })
+                .map(|(i, w)| Variant {
+                    name: format!("v{i}"),
+                    weight: *w,
+                    params: "{}".into(),
+                })
                 .collect(),
         }
     }

@@ -56,7 +56,11 @@ pub struct WireError {
 
 impl From<&GatewayError> for WireError {
     fn from(e: &GatewayError) -> Self {
-        WireError { status: e.status(), kind: e.slug().to_string(), detail: e.to_string() }
+        WireError {
+            status: e.status(),
+            kind: e.slug().to_string(),
+            detail: e.to_string(),
+        }
     }
 }
 
@@ -114,7 +118,11 @@ mod tests {
 
     #[test]
     fn older_reader_accepts_a_newer_message_with_appended_fields() {
-        let bytes = encode(&V2 { a: 7, appended: Some("new".into()) }).unwrap();
+        let bytes = encode(&V2 {
+            a: 7,
+            appended: Some("new".into()),
+        })
+        .unwrap();
         assert_eq!(decode::<V1>(&bytes).unwrap(), V1 { a: 7 });
     }
 
@@ -130,6 +138,9 @@ mod tests {
         let w = WireError::from(GatewayError::PayloadTooLarge { limit: 4096 });
         let back: WireError = decode(&encode(&w).unwrap()).unwrap();
         assert_eq!(back.clone().into_error().status(), 413);
-        assert_eq!(back.into_error(), GatewayError::PayloadTooLarge { limit: 4096 });
+        assert_eq!(
+            back.into_error(),
+            GatewayError::PayloadTooLarge { limit: 4096 }
+        );
     }
 }

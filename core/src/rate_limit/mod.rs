@@ -59,7 +59,8 @@ impl TokenBucketPolicy {
 
     /// Burst window `B = capacity * T` in microseconds.
     pub fn burst_us(&self) -> i64 {
-        self.interval_us().saturating_mul(i64::try_from(self.capacity).unwrap_or(i64::MAX))
+        self.interval_us()
+            .saturating_mul(i64::try_from(self.capacity).unwrap_or(i64::MAX))
     }
 }
 
@@ -142,14 +143,24 @@ pub fn take(
     }
 }
 
-/// Like [`take`] but never changes state.
+/// Decides without consuming: `allowed` says whether `cost` tokens could be taken now,
+/// `remaining` is the tokens in the bucket now (before any cost), `reset_ms` the time until it is
+/// full, and `retry_after_ms` the wait until `cost` tokens are available.
 pub fn peek(
     policy: &TokenBucketPolicy,
     tat: Tat,
     cost: u64,
     now: UnixMillis,
 ) -> Result<Decision, GatewayError> {
-    take(policy, tat, cost, now).map(|(d, _)| d)
+    let (would, _) = take(policy, tat, cost, now)?;
+    let now_us = now_us(now);
+    let base = tat.map_or(now_us, |tat| tat.max(now_us));
+    let remaining = (now_us + policy.burst_us() - base).max(0) / policy.interval_us();
+    Ok(Decision {
+        remaining: u64::try_from(remaining).unwrap_or(0).min(policy.capacity),
+        reset_ms: ceil_ms(base - now_us),
+        ..would
+    })
 }
 
 /// Whether a stored TAT carries no information any more (the bucket is full at `now`).
@@ -166,7 +177,11 @@ pub fn idle_cutoff_us(now: UnixMillis) -> i64 {
 mod tests {
     use super::*;
 
-    const P: TokenBucketPolicy = TokenBucketPolicy { capacity: 5, refill: 1, period_ms: 1000 };
+    const P: TokenBucketPolicy = TokenBucketPolicy {
+        capacity: 5,
+        refill: 1,
+        period_ms: 1000,
+    };
 
     #[test]
     fn admits_exactly_capacity_then_denies() {
@@ -211,7 +226,22 @@ mod tests {
         assert!(!is_idle(tat, UnixMillis(1999)));
         assert!(is_idle(tat, UnixMillis(2000)));
         let later = UnixMillis(2000);
-        assert_eq!(take(&P, Some(tat), 5, later).unwrap().0, take(&P, None, 5, later).unwrap().0);
+        assert_eq!(
+            take(&P, Some(tat), 5, later).unwrap().0,
+            take(&P, None, 5, later).unwrap().0
+        );
+    }
+
+    #[test]
+    fn peek_reports_current_tokens_and_changes_nothing() {
+        let (_, tat) = take(&P, None, 2, UnixMillis(0)).unwrap();
+        let d = peek(&P, tat, 1, UnixMillis(0)).unwrap();
+        assert!(d.allowed);
+        assert_eq!((d.remaining, d.reset_ms, d.retry_after_ms), (3, 2000, 0));
+        let d = peek(&P, tat, 4, UnixMillis(0)).unwrap();
+        assert!(!d.allowed);
+        assert_eq!((d.remaining, d.retry_after_ms), (3, 1000));
+        assert_eq!(peek(&P, None, 1, UnixMillis(0)).unwrap().remaining, 5);
     }
 
     #[test]
@@ -220,7 +250,10 @@ mod tests {
             TokenBucketPolicy { capacity: 0, ..P },
             TokenBucketPolicy { refill: 0, ..P },
             TokenBucketPolicy { period_ms: 0, ..P },
-            TokenBucketPolicy { capacity: MAX_TOKENS + 1, ..P },
+            TokenBucketPolicy {
+                capacity: MAX_TOKENS + 1,
+                ..P
+            },
         ];
         for p in bad {
             assert!(p.validated().is_err(), "{p:?}");

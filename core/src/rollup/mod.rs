@@ -47,7 +47,10 @@ impl MetricEvent {
     /// Validates one event (status 100..=599, latency under 10 minutes).
     pub fn validate(&self) -> Result<(), GatewayError> {
         if !(100..=599).contains(&self.status) {
-            return Err(GatewayError::bad_request("invalid-event", "status must be 100..=599"));
+            return Err(GatewayError::bad_request(
+                "invalid-event",
+                "status must be 100..=599",
+            ));
         }
         if self.latency_ms > 600_000 {
             return Err(GatewayError::bad_request(
@@ -173,7 +176,13 @@ mod tests {
     use super::*;
 
     fn ev(at: i64, status: u16, cache: CacheOutcome) -> MetricEvent {
-        MetricEvent { at: UnixMillis(at), status, latency_ms: 10, cache, rate_limited: false }
+        MetricEvent {
+            at: UnixMillis(at),
+            status,
+            latency_ms: 10,
+            cache,
+            rate_limited: false,
+        }
     }
 
     #[test]
@@ -198,7 +207,11 @@ mod tests {
         let mut r = Rollup::default();
         r.ingest(&[ev(1_000, 200, CacheOutcome::None)]);
         assert_eq!(r.on_alarm(UnixMillis(61_000)), 1);
-        assert_eq!(r.on_alarm(UnixMillis(61_000)), 0, "a retried alarm seals nothing twice");
+        assert_eq!(
+            r.on_alarm(UnixMillis(61_000)),
+            0,
+            "a retried alarm seals nothing twice"
+        );
         let (res, _) = r.ingest(&[ev(2_000, 200, CacheOutcome::None)]);
         assert_eq!(res.late, 1);
         assert_eq!(r.total_since(UnixMillis(0)).requests, 1);
