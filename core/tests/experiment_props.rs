@@ -1,0 +1,23 @@
+//! Cohort assignment properties: deterministic, in range, never to a zero-weight arm.
+
+use gateway_core::experiment::{assign, ExperimentDef, Variant};
+use proptest::prelude::*;
+
+proptest! {
+    #[test]
+    fn assignment_is_deterministic_and_respects_zero_weights(
+        weights in prop::collection::vec(0u32..100, 2..6),
+        unit in "[a-z0-9:-]{1,40}",
+        seed in "[a-z]{1,10}",
+    ) {
+        prop_assume!(weights.iter().any(|w| *w > 0));
+        let def = ExperimentDef {
+            seed,
+            variants: weights.iter().enumerate().map(|(i, w)| Variant { name: format!("v{i}"), weight: *w, params: "{}".into() }).collect(),
+        };
+        let a = assign(&def, &unit);
+        prop_assert_eq!(a, assign(&def, &unit));
+        prop_assert!(a < weights.len());
+        prop_assert!(weights[a] > 0, "assigned to a zero-weight arm");
+    }
+}
