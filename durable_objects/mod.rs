@@ -36,7 +36,10 @@ pub mod migrations {
     }
 
     /// `RateLimiterDO`.
-    pub const RATE_LIMITER: &[Migration] = &[m!(1, "rate_limiter", "0001_init.sql")];
+    pub const RATE_LIMITER: &[Migration] = &[
+        m!(1, "rate_limiter", "0001_init.sql"),
+        m!(2, "rate_limiter", "0002_policies_windows.sql"),
+    ];
     /// `CacheShardDO`.
     pub const CACHE_SHARD: &[Migration] = &[m!(1, "cache_shard", "0001_init.sql")];
     /// `ProviderHealthDO`.

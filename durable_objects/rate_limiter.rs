@@ -1,29 +1,195 @@
-//! `RateLimiterDO`: token buckets of the keys that hash to this shard (`ratelimit:{n}`).
+//! `RateLimiterDO`: the keys that hash to this shard (`ratelimit:{n}`), and a copy of the
+//! run-time policy overrides.
 //!
-//! Take = read the key's TAT, decide in core, write the new TAT and the counter in the same
-//! synchronous block (acknowledged before the response). Peek reads only. The alarm deletes
-//! buckets that are full again, which loses no information (see `gateway_core::rate_limit`).
+//! Take = resolve the policy, read the key's state, decide in core, write the new state and the
+//! counters in the same synchronous block (acknowledged before the response). Peek reads only. The
+//! alarm deletes rows that no longer affect any decision (full buckets, windows two windows old),
+//! which loses no information. Shard 0 is also the registry that versions policy changes.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use gateway_core::alarm::next_alarm;
-use gateway_core::protocol::ratelimit::{Request, Response as Reply, Stats};
-use gateway_core::rate_limit::{self, Decision};
-use gateway_core::{GatewayError, UnixMillis};
+use gateway_core::protocol::ratelimit::{
+    PolicyCounters, PolicyEntry, PolicySource, Request, Response as Reply, Stats,
+};
+use gateway_core::rate_limit::policy::{self, KeyState, Policy};
+use gateway_core::rate_limit::sliding::WindowState;
+use gateway_core::{rate_limit, GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{migrations, now, respond, Base, Db};
+use super::{col, decode_blob, encode_blob, int, migrations, now, respond, text, Base, Db};
+
+/// Stored overrides: name -> (definition or tombstone, version).
+type Overrides = BTreeMap<String, (Option<Policy>, i64)>;
 
 /// The rate-limiter shard.
 #[durable_object(alarm)]
 pub struct RateLimiterDO {
     base: Base,
     env: Env,
+    overrides: RefCell<Option<Overrides>>,
+}
+
+fn count(v: Option<i64>) -> u64 {
+    u64::try_from(v.unwrap_or(0)).unwrap_or(0)
 }
 
 impl RateLimiterDO {
-    fn tat(db: &Db, policy: &str, key: &str) -> Result<Option<i64>, GatewayError> {
-        db.scalar(
-            "SELECT tat_us FROM buckets WHERE policy = ? AND key = ?",
-            vec![policy.into(), key.into()],
+    fn load_overrides(&self, db: &Db) -> Result<(), GatewayError> {
+        if self.overrides.borrow().is_some() {
+            return Ok(());
+        }
+        let mut map = Overrides::new();
+        for row in db.rows("SELECT name, spec, version FROM policies", vec![])? {
+            let name = text(col(&row, 0)?).unwrap_or_default();
+            let spec = match col(&row, 1)? {
+                worker::SqlStorageValue::Null => None,
+                v => Some(decode_blob(v)?),
+            };
+            map.insert(name, (spec, int(col(&row, 2)?).unwrap_or(0)));
+        }
+        *self.overrides.borrow_mut() = Some(map);
+        Ok(())
+    }
+
+    /// The effective policies: admin overrides over configuration defaults.
+    fn effective(&self, db: &Db) -> Result<Vec<PolicyEntry>, GatewayError> {
+        self.load_overrides(db)?;
+        let cfg = super::config(&self.env)?;
+        let guard = self.overrides.borrow();
+        let overrides = guard
+            .as_ref()
+            .ok_or_else(|| GatewayError::Internal("policies not loaded".into()))?;
+        let mut out: BTreeMap<String, PolicyEntry> = cfg
+            .rate_limit_policies
+            .iter()
+            .map(|(n, p)| {
+                (
+                    n.clone(),
+                    PolicyEntry {
+                        name: n.clone(),
+                        policy: *p,
+                        source: PolicySource::Config,
+                        version: 0,
+                    },
+                )
+            })
+            .collect();
+        for (name, (spec, version)) in overrides {
+            match spec {
+                Some(p) => {
+                    out.insert(
+                        name.clone(),
+                        PolicyEntry {
+                            name: name.clone(),
+                            policy: *p,
+                            source: PolicySource::Admin,
+                            version: *version,
+                        },
+                    );
+                }
+                None => {
+                    out.remove(name);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    fn policy(&self, db: &Db, name: &str) -> Result<Policy, GatewayError> {
+        self.load_overrides(db)?;
+        if let Some((spec, _)) = self.overrides.borrow().as_ref().and_then(|o| o.get(name)) {
+            return spec.ok_or_else(|| {
+                GatewayError::NotFound(format!("no rate-limit policy named {name}"))
+            });
+        }
+        let cfg = super::config(&self.env)?;
+        cfg.rate_limit_policies
+            .get(name)
+            .copied()
+            .ok_or_else(|| GatewayError::NotFound(format!("no rate-limit policy named {name}")))
+    }
+
+    fn state(
+        db: &Db,
+        policy: &Policy,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<KeyState>, GatewayError> {
+        Ok(match policy.algorithm {
+            policy::Algorithm::TokenBucket(_) => db
+                .scalar(
+                    "SELECT tat_us FROM buckets WHERE policy = ? AND key = ?",
+                    vec![name.into(), key.into()],
+                )?
+                .map(KeyState::Tat),
+            policy::Algorithm::SlidingWindow(_) => db
+                .rows(
+                    "SELECT start, prev, curr FROM windows WHERE policy = ? AND key = ?",
+                    vec![name.into(), key.into()],
+                )?
+                .first()
+                .map(|r| -> Result<KeyState, GatewayError> {
+                    Ok(KeyState::Window(WindowState {
+                        start: int(col(r, 0)?).unwrap_or(0),
+                        prev: count(int(col(r, 1)?)),
+                        curr: count(int(col(r, 2)?)),
+                    }))
+                })
+                .transpose()?,
+        })
+    }
+
+    fn persist(
+        db: &Db,
+        policy: &Policy,
+        name: &str,
+        key: &str,
+        state: KeyState,
+    ) -> Result<(), GatewayError> {
+        match (state, policy.algorithm) {
+            (KeyState::Tat(tat), _) => db.exec(
+                "INSERT INTO buckets (policy, key, tat_us) VALUES (?, ?, ?) \
+                 ON CONFLICT (policy, key) DO UPDATE SET tat_us = excluded.tat_us",
+                vec![name.into(), key.into(), tat.into()],
+            ),
+            (KeyState::Window(w), policy::Algorithm::SlidingWindow(p)) => db.exec(
+                "INSERT INTO windows (policy, key, start, prev, curr, idle_at) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (policy, key) DO UPDATE SET start = excluded.start, prev = excluded.prev, \
+                 curr = excluded.curr, idle_at = excluded.idle_at",
+                vec![
+                    name.into(),
+                    key.into(),
+                    w.start.into(),
+                    i64::try_from(w.prev).unwrap_or(i64::MAX).into(),
+                    i64::try_from(w.curr).unwrap_or(i64::MAX).into(),
+                    w.start.saturating_add(2 * p.window_ms as i64).into(),
+                ],
+            ),
+            (KeyState::Window(_), _) => Ok(()),
+        }
+    }
+
+    fn count_decision(
+        db: &Db,
+        name: &str,
+        allowed: bool,
+        shadow_denied: bool,
+    ) -> Result<(), GatewayError> {
+        let column = if shadow_denied {
+            "shadow_denied"
+        } else if allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
+        db.exec(
+            &format!(
+                "INSERT INTO policy_counters (policy, {column}) VALUES (?, 1) \
+                 ON CONFLICT (policy) DO UPDATE SET {column} = {column} + 1"
+            ),
+            vec![name.into()],
         )
     }
 
@@ -32,60 +198,104 @@ impl RateLimiterDO {
         match msg {
             Request::Take {
                 policy_name,
-                policy,
                 key,
                 cost,
             } => {
-                let policy = policy.validated()?;
-                let tat = Self::tat(&db, &policy_name, &key)?;
-                let (decision, new_tat): (Decision, _) = rate_limit::take(&policy, tat, cost, now)?;
-                if let Some(new_tat) = new_tat {
-                    db.exec(
-                        "INSERT INTO buckets (policy, key, tat_us) VALUES (?, ?, ?) \
-                         ON CONFLICT (policy, key) DO UPDATE SET tat_us = excluded.tat_us",
-                        vec![policy_name.into(), key.into(), new_tat.into()],
-                    )?;
+                let policy = self.policy(&db, &policy_name)?;
+                let state = Self::state(&db, &policy, &policy_name, &key)?;
+                let out = policy::take(&policy, state, cost, now)?;
+                if let Some(s) = out.new_state {
+                    Self::persist(&db, &policy, &policy_name, &key, s)?;
                 }
-                db.add_meta(
-                    if decision.allowed {
-                        "allowed"
-                    } else {
-                        "denied"
-                    },
-                    1,
-                )?;
-                Ok((Reply::Decision(decision), true))
+                Self::count_decision(&db, &policy_name, out.decision.allowed, out.shadow_denied)?;
+                let reply = Reply::Decision {
+                    decision: out.decision,
+                    shadow_denied: out.shadow_denied,
+                    policy,
+                };
+                Ok((reply, true))
             }
             Request::Peek {
                 policy_name,
-                policy,
                 key,
                 cost,
             } => {
-                let policy = policy.validated()?;
-                let tat = Self::tat(&db, &policy_name, &key)?;
+                let policy = self.policy(&db, &policy_name)?;
+                let state = Self::state(&db, &policy, &policy_name, &key)?;
+                let out = policy::peek(&policy, state, cost, now)?;
                 Ok((
-                    Reply::Decision(rate_limit::peek(&policy, tat, cost, now)?),
+                    Reply::Decision {
+                        decision: out.decision,
+                        shadow_denied: out.shadow_denied,
+                        policy,
+                    },
                     false,
                 ))
             }
             Request::Reset { policy_name, key } => {
-                let n = db.exec_count(
+                let a = db.exec_count(
                     "DELETE FROM buckets WHERE policy = ? AND key = ?",
+                    vec![policy_name.as_str().into(), key.as_str().into()],
+                )?;
+                let b = db.exec_count(
+                    "DELETE FROM windows WHERE policy = ? AND key = ?",
                     vec![policy_name.into(), key.into()],
                 )?;
-                Ok((Reply::Reset { existed: n > 0 }, false))
+                Ok((Reply::Reset { existed: a + b > 0 }, false))
             }
+            Request::PutPolicy {
+                name,
+                policy,
+                version,
+            } => {
+                self.load_overrides(&db)?;
+                let mut guard = self.overrides.borrow_mut();
+                let overrides = guard
+                    .as_mut()
+                    .ok_or_else(|| GatewayError::Internal("policies not loaded".into()))?;
+                let current = overrides.get(&name).map_or(0, |(_, v)| *v);
+                let newest = overrides.values().map(|(_, v)| *v).max().unwrap_or(0);
+                let version = version.unwrap_or_else(|| now.0.max(newest + 1));
+                if version <= current {
+                    return Ok((Reply::PolicyStored { version: current }, false));
+                }
+                let spec = match &policy {
+                    Some(p) => encode_blob(p)?,
+                    None => worker::SqlStorageValue::Null,
+                };
+                db.exec(
+                    "INSERT INTO policies (name, spec, version) VALUES (?, ?, ?) \
+                     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, version = excluded.version",
+                    vec![name.as_str().into(), spec, version.into()],
+                )?;
+                overrides.insert(name, (policy, version));
+                Ok((Reply::PolicyStored { version }, false))
+            }
+            Request::ListPolicies => Ok((Reply::Policies(self.effective(&db)?), false)),
             Request::Stats => {
-                let buckets = db
-                    .scalar("SELECT count(*) FROM buckets", vec![])?
-                    .unwrap_or(0);
+                let mut policies = Vec::new();
+                let mut totals = PolicyCounters::default();
+                for row in db.rows("SELECT policy, allowed, denied, shadow_denied FROM policy_counters ORDER BY policy", vec![])? {
+                    let c = PolicyCounters {
+                        policy: text(col(&row, 0)?).unwrap_or_default(),
+                        allowed: count(int(col(&row, 1)?)),
+                        denied: count(int(col(&row, 2)?)),
+                        shadow_denied: count(int(col(&row, 3)?)),
+                    };
+                    totals.allowed += c.allowed;
+                    totals.denied += c.denied;
+                    totals.shadow_denied += c.shadow_denied;
+                    policies.push(c);
+                }
                 Ok((
                     Reply::Stats(Stats {
-                        buckets: u64::try_from(buckets).unwrap_or(0),
-                        allowed: u64::try_from(db.meta("allowed")?).unwrap_or(0),
-                        denied: u64::try_from(db.meta("denied")?).unwrap_or(0),
-                        collected: u64::try_from(db.meta("collected")?).unwrap_or(0),
+                        buckets: count(db.scalar("SELECT count(*) FROM buckets", vec![])?),
+                        windows: count(db.scalar("SELECT count(*) FROM windows", vec![])?),
+                        allowed: totals.allowed,
+                        denied: totals.denied,
+                        shadow_denied: totals.shadow_denied,
+                        collected: count(Some(db.meta("collected")?)),
+                        policies,
                         object: self.base.object_stats(&db)?,
                     }),
                     false,
@@ -99,6 +309,23 @@ impl RateLimiterDO {
             .map(|c| c.rate_limit_gc_interval_ms)
             .unwrap_or(300_000)
     }
+
+    /// Deletes rows that no longer decide anything; returns whether rows remain.
+    fn collect(&self, now: UnixMillis) -> Result<bool, GatewayError> {
+        let db = self.base.db(migrations::RATE_LIMITER, now)?;
+        let a = db.exec_count(
+            "DELETE FROM buckets WHERE tat_us <= ?",
+            vec![rate_limit::idle_cutoff_us(now).into()],
+        )?;
+        let b = db.exec_count("DELETE FROM windows WHERE idle_at <= ?", vec![now.0.into()])?;
+        db.add_meta("collected", i64::try_from(a + b).unwrap_or(0))?;
+        let remaining = db.scalar(
+            "SELECT (SELECT count(*) FROM buckets) + (SELECT count(*) FROM windows)",
+            vec![],
+        )?;
+        self.base.record_alarm_run(&db, now)?;
+        Ok(remaining.unwrap_or(0) > 0)
+    }
 }
 
 impl DurableObject for RateLimiterDO {
@@ -106,6 +333,7 @@ impl DurableObject for RateLimiterDO {
         RateLimiterDO {
             base: Base::new(state),
             env,
+            overrides: RefCell::new(None),
         }
     }
 
@@ -123,27 +351,9 @@ impl DurableObject for RateLimiterDO {
 
     async fn alarm(&self) -> worker::Result<Response> {
         let now = now();
-        let db = self
-            .base
-            .db(migrations::RATE_LIMITER, now)
-            .map_err(|e| e.to_string())?;
-        let collected = db
-            .exec_count(
-                "DELETE FROM buckets WHERE tat_us <= ?",
-                vec![rate_limit::idle_cutoff_us(now).into()],
-            )
-            .map_err(|e| e.to_string())?;
-        let remaining = db
-            .scalar("SELECT count(*) FROM buckets", vec![])
-            .map_err(|e| e.to_string())?;
-        db.add_meta("collected", i64::try_from(collected).unwrap_or(0))
-            .map_err(|e| e.to_string())?;
+        let busy = self.collect(now).map_err(|e| e.to_string())?;
         self.base
-            .record_alarm_run(&db, now)
-            .map_err(|e| e.to_string())?;
-        let next = remaining.filter(|n| *n > 0);
-        self.base
-            .rearm(next.map(|_| next_alarm(now, self.interval(), None)))
+            .rearm(busy.then(|| next_alarm(now, self.interval(), None)))
             .await?;
         Response::ok("ok")
     }

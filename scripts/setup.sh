@@ -42,7 +42,11 @@ fi
 if [ ! -x node_modules/.bin/wrangler ] || [ ! -x node_modules/.bin/wasm-opt ] || [ ! -x node_modules/.bin/node ] \
     || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     step "installing npm packages from package-lock.json (wrangler, node@22, binaryen)"
-    npm ci --no-audit --no-fund --loglevel=error
+    # `npm ci` refuses this lock file on registries that lack workerd's other-platform builds
+    # (optional dependencies, as on this machine's mirror); then install from the same lock
+    # without rewriting it. Versions are exact either way (package.json pins, lock file resolves).
+    npm ci --no-audit --no-fund --loglevel=error 2>/dev/null \
+        || npm install --no-audit --no-fund --no-save --loglevel=error
 fi
 
 for extra in "$@"; do

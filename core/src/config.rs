@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::balancer::{validate_group, ProviderSpec};
 use crate::experiment::{ExperimentDef, Variant};
-use crate::rate_limit::TokenBucketPolicy;
+use crate::rate_limit::policy::{Policy, PolicyJson};
 use crate::validate;
 use crate::GatewayError;
 
@@ -87,8 +87,11 @@ pub struct Config {
     pub experiment_analysis_interval_ms: u64,
     /// `ROLLUP_INTERVAL_MS`: aggregator sealing period.
     pub rollup_interval_ms: u64,
-    /// `RATE_LIMIT_POLICIES`: JSON `{"name": {"capacity":..,"refill":..,"period_ms":..}}`.
-    pub rate_limit_policies: BTreeMap<String, TokenBucketPolicy>,
+    /// `RATE_LIMIT_POLICIES`: JSON `{"name": {"algorithm":..,"capacity":..,...}}`: the defaults;
+    /// admin changes stored in the rate-limiter objects override them.
+    pub rate_limit_policies: BTreeMap<String, Policy>,
+    /// `RATE_LIMIT_CALLER_POLICY`: the policy the proxy path applies to callers.
+    pub rate_limit_caller_policy: String,
     /// `PROVIDERS`: JSON `{"group": [{"name":..,"url":..,"weight":..}]}`.
     pub providers: BTreeMap<String, Vec<ProviderSpec>>,
     /// `EXPERIMENTS`: JSON `{"name": {"variants":[{"name":..,"weight":..,"params":{..}}]}}`.
@@ -128,14 +131,15 @@ const DEFAULT_POLICIES: &str = r#"{"default":{"capacity":100,"refill":100,"perio
 impl Config {
     /// Parses the configuration from a variable lookup (`env.var(name)` in the worker).
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, GatewayError> {
-        let policies: BTreeMap<String, TokenBucketPolicy> =
-            json(get, "RATE_LIMIT_POLICIES", DEFAULT_POLICIES)?;
-        for (name, p) in &policies {
-            validate::name("policy", name)
-                .and_then(|_| p.validated())
+        let raw: BTreeMap<String, PolicyJson> = json(get, "RATE_LIMIT_POLICIES", DEFAULT_POLICIES)?;
+        let mut policies = BTreeMap::new();
+        for (name, p) in raw {
+            let policy = validate::name("policy", &name)
+                .and_then(|_| p.into_policy())
                 .map_err(|e| {
                     GatewayError::Internal(format!("configuration: policy {name}: {e}"))
                 })?;
+            policies.insert(name, policy);
         }
         let providers: BTreeMap<String, Vec<ProviderSpec>> = json(get, "PROVIDERS", "{}")?;
         for (group, specs) in &providers {
@@ -158,7 +162,9 @@ impl Config {
         Ok(Config {
             environment: get("ENVIRONMENT").unwrap_or_else(|| "development".into()),
             max_body_bytes: num(get, "MAX_BODY_BYTES", 1 << 20, 1024, 100 << 20)?,
-            rate_limit_shards: num(get, "RATE_LIMIT_SHARDS", 64, 1, 65_536)?,
+            rate_limit_shards: num(get, "RATE_LIMIT_SHARDS", 32, 1, 1_000)?,
+            rate_limit_caller_policy: get("RATE_LIMIT_CALLER_POLICY")
+                .unwrap_or_else(|| "default".into()),
             cache_shards: num(get, "CACHE_SHARDS", 16, 1, 65_536)?,
             aggregator_shards: num(get, "AGGREGATOR_SHARDS", 4, 1, 256)?,
             cache_max_entries: num(get, "CACHE_MAX_ENTRIES", 10_000, 1, 10_000_000)?,
@@ -202,7 +208,11 @@ mod tests {
     fn empty_environment_gives_working_defaults() {
         let c = Config::from_lookup(&|_| None).unwrap();
         assert_eq!(c.cache_shards, 16);
-        assert_eq!(c.rate_limit_policies["default"].capacity, 100);
+        assert_eq!(
+            c.rate_limit_policies["default"].to_json().capacity,
+            Some(100),
+            "a policy named default exists out of the box"
+        );
         assert!(c.providers.is_empty());
     }
 

@@ -87,6 +87,14 @@ pub enum Route {
     ExperimentAssign(String),
     /// `POST /v1/experiments/{name}/events`.
     ExperimentEvent(String),
+    /// `GET /v1/policies`: effective rate-limit policies.
+    PoliciesList,
+    /// `GET /v1/policies/{name}`.
+    PolicyGet(String),
+    /// `PUT /v1/policies/{name}` (admin).
+    PolicyPut(String),
+    /// `DELETE /v1/policies/{name}` (admin).
+    PolicyDelete(String),
     /// `POST /v1/events`: metric events.
     EventsIngest,
     /// `GET /v1/stats/{component}/{id}`.
@@ -105,6 +113,8 @@ impl Route {
             self,
             Route::ProviderConfigure(_)
                 | Route::ExperimentDefine(_)
+                | Route::PolicyPut(_)
+                | Route::PolicyDelete(_)
                 | Route::RateLimit {
                     op: RateLimitOp::Reset,
                     ..
@@ -239,6 +249,25 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
                 Route::ExperimentEvent(n)
             })
         }
+        ["v1", "policies"] => {
+            if is("GET") {
+                Ok(Route::PoliciesList)
+            } else {
+                Err(not_allowed(m, "GET"))
+            }
+        }
+        ["v1", "policies", policy] => {
+            let n = name("policy", policy)?;
+            if is("GET") {
+                Ok(Route::PolicyGet(n))
+            } else if is("PUT") {
+                Ok(Route::PolicyPut(n))
+            } else if is("DELETE") {
+                Ok(Route::PolicyDelete(n))
+            } else {
+                Err(not_allowed(m, "GET, PUT, DELETE"))
+            }
+        }
         ["v1", "events"] => {
             if is("POST") {
                 Ok(Route::EventsIngest)
@@ -327,5 +356,8 @@ mod tests {
             .unwrap()
             .requires_admin());
         assert!(!route("POST", "/v1/ratelimit/p/k").unwrap().requires_admin());
+        assert!(route("PUT", "/v1/policies/p").unwrap().requires_admin());
+        assert!(route("DELETE", "/v1/policies/p").unwrap().requires_admin());
+        assert!(!route("GET", "/v1/policies/p").unwrap().requires_admin());
     }
 }

@@ -37,6 +37,10 @@ pub async fn dispatch(
         Route::RateLimit { policy, key, op } => {
             ratelimit::handle(req, env, cfg, request_id, &policy, &key, op).await
         }
+        Route::PoliciesList => ratelimit::list_policies(env).await,
+        Route::PolicyGet(name) => ratelimit::get_policy(env, &name).await,
+        Route::PolicyPut(name) => ratelimit::put_policy(req, env, cfg, &name).await,
+        Route::PolicyDelete(name) => ratelimit::delete_policy(env, cfg, &name).await,
         Route::Cache { namespace, key, op } => {
             cache::handle(req, env, cfg, request_id, &namespace, &key, op).await
         }

@@ -409,3 +409,36 @@ pub fn test_vars(upstream: &str) -> Vec<(&'static str, String)> {
         ),
     ]
 }
+
+/// Parses a `RateLimit` / `RateLimit-Policy` field value as an RFC 9651 structured-field List
+/// (panics when it does not parse) and returns, per list member, its name and integer params.
+pub fn parse_ratelimit_field(
+    value: &str,
+) -> Vec<(String, std::collections::BTreeMap<String, i64>)> {
+    let list: sfv::List = sfv::Parser::new(value)
+        .parse_list()
+        .unwrap_or_else(|e| panic!("{value:?} is not a structured-field list: {e}"));
+    list.into_iter()
+        .map(|entry| match entry {
+            sfv::ListEntry::Item(item) => {
+                let name = item
+                    .bare_item
+                    .as_string()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|| panic!("{value:?}: member is not a string"));
+                let params = item
+                    .params
+                    .iter()
+                    .map(|(k, v)| {
+                        let n = v.as_integer().unwrap_or_else(|| {
+                            panic!("{value:?}: param {} not an integer", k.as_str())
+                        });
+                        (k.as_str().to_string(), i64::from(n))
+                    })
+                    .collect();
+                (name, params)
+            }
+            sfv::ListEntry::InnerList(_) => panic!("{value:?}: unexpected inner list"),
+        })
+        .collect()
+}

@@ -1,36 +1,37 @@
 //! Messages for `RateLimiterDO`.
+//!
+//! Policies are resolved inside the object: its stored overrides (set by the admin fan-out)
+//! over the defaults from configuration. The decision reply carries the policy so the worker can
+//! render the `RateLimit-Policy` header without a lookup of its own.
 
 use serde::{Deserialize, Serialize};
 
 use super::ObjectStats;
-use crate::rate_limit::{Decision, TokenBucketPolicy};
+use crate::rate_limit::policy::Policy;
+use crate::rate_limit::Decision;
 
 /// A request to a rate-limiter shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Consume `cost` tokens from `key` under `policy`.
+    /// Consume `cost` from `key` under the named policy.
     Take {
-        /// Policy name (part of the bucket identity).
+        /// Policy name.
         policy_name: String,
-        /// The policy's numbers (the worker resolves them).
-        policy: TokenBucketPolicy,
         /// Caller key.
         key: String,
-        /// Tokens.
+        /// Cost units.
         cost: u64,
     },
     /// Decide without consuming.
     Peek {
         /// Policy name.
         policy_name: String,
-        /// Policy numbers.
-        policy: TokenBucketPolicy,
         /// Caller key.
         key: String,
-        /// Tokens.
+        /// Cost units.
         cost: u64,
     },
-    /// Forget a key's state.
+    /// Forget a key's state under a policy.
     Reset {
         /// Policy name.
         policy_name: String,
@@ -39,19 +40,72 @@ pub enum Request {
     },
     /// Shard statistics.
     Stats,
+    /// Create, replace (`Some`) or delete (`None`) a policy override. Without a version the
+    /// object assigns one (the registry shard does this); with one, older versions are ignored.
+    PutPolicy {
+        /// Policy name.
+        name: String,
+        /// The definition, or `None` to delete.
+        policy: Option<Policy>,
+        /// Ordering of updates.
+        version: Option<i64>,
+    },
+    /// The effective policies.
+    ListPolicies,
 }
 
-/// Counters of one shard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Stored (non-full) buckets.
-    pub buckets: u64,
+/// Where an effective policy comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicySource {
+    /// `RATE_LIMIT_POLICIES` in configuration.
+    Config,
+    /// Set through the admin API.
+    Admin,
+}
+
+/// One effective policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntry {
+    /// Name.
+    pub name: String,
+    /// Definition.
+    pub policy: Policy,
+    /// Origin.
+    pub source: PolicySource,
+    /// Version of the admin override (0 for configuration).
+    pub version: i64,
+}
+
+/// Per-policy decision counters of one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCounters {
+    /// Policy name.
+    pub policy: String,
     /// Allowed takes.
     pub allowed: u64,
     /// Denied takes.
     pub denied: u64,
-    /// Idle buckets removed by the alarm.
+    /// Takes shadow mode would have denied.
+    pub shadow_denied: u64,
+}
+
+/// Counters of one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Stored token-bucket rows (buckets not yet full).
+    pub buckets: u64,
+    /// Stored sliding-window rows.
+    pub windows: u64,
+    /// Allowed takes (all policies).
+    pub allowed: u64,
+    /// Denied takes (all policies).
+    pub denied: u64,
+    /// Shadow-mode would-be denials (all policies).
+    pub shadow_denied: u64,
+    /// Idle rows removed by the alarm.
     pub collected: u64,
+    /// Per policy.
+    pub policies: Vec<PolicyCounters>,
     /// Alarm and schema bookkeeping.
     pub object: ObjectStats,
 }
@@ -60,12 +114,26 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The decision of a take or peek.
-    Decision(Decision),
+    Decision {
+        /// The decision (in shadow mode never a denial).
+        decision: Decision,
+        /// Shadow mode would have denied.
+        shadow_denied: bool,
+        /// The policy that decided.
+        policy: Policy,
+    },
     /// Whether a reset removed state.
     Reset {
-        /// A bucket existed.
+        /// State existed.
         existed: bool,
     },
     /// Shard statistics.
     Stats(Stats),
+    /// A policy change was applied (or ignored as older) with this version.
+    PolicyStored {
+        /// The version now stored for the name.
+        version: i64,
+    },
+    /// The effective policies.
+    Policies(Vec<PolicyEntry>),
 }

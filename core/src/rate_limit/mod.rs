@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{GatewayError, UnixMillis};
 
+pub mod policy;
+pub mod sliding;
+
 /// Largest accepted capacity or refill amount.
 pub const MAX_TOKENS: u64 = 1_000_000_000;
 /// Longest accepted refill period: 30 days.
