@@ -33,6 +33,8 @@ fmt-check:
 	@cargo fmt --all -- --check
 
 lint:
+	@echo "==> gateway-core has no worker dependency"
+	@! cargo tree -p gateway-core -e normal --prefix none | grep -E '^(worker|wasm-bindgen|js-sys) '
 	@echo "==> clippy (host, all targets)"
 	@cargo clippy --workspace --all-targets --locked -- -D warnings
 	@echo "==> clippy (wasm32-unknown-unknown: the worker and the core)"

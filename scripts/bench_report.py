@@ -48,6 +48,23 @@ for n in order:
                 f"{statistics.median(p50):.2f} | {statistics.median(ratio_p50):.2f} | "
                 f"{statistics.median(p99):.2f} | {statistics.median(ratio_p99):.2f} | {errors} |")
 
+native_rows = []
+native = os.path.join(d, "native.txt")
+if os.path.exists(native):
+    results = {}
+    for line in open(native):
+        m = re.match(r"test (\S+)/(\S+) \.\.\. bench:\s+([\d,]+) ns/iter \(\+/- ([\d,]+)\)", line)
+        if m:
+            results.setdefault(m.group(1), {})[m.group(2)] = (int(m.group(3).replace(",", "")), int(m.group(4).replace(",", "")))
+    for group, impls in results.items():
+        ours = impls.get("gateway_core")
+        for peer, (ns, dev) in impls.items():
+            if peer == "gateway_core" or not ours:
+                continue
+            native_rows.append(f"| {group} | {ours[0]} ± {ours[1]} | {peer} {ns} ± {dev} | {ours[0] / ns:.2f} |")
+native_table = ("\n\n| native bench | gateway-core ns/op | peer ns/op | ratio (lower is better) |\n|---|---:|---:|---:|\n"
+                + "\n".join(native_rows)) if native_rows else ""
+
 size = "not measured (run `make test` first)"
 log = "target/deploy-dry-run.log"
 if os.path.exists(log):
@@ -68,7 +85,7 @@ noise, the ratios are the result.
 |---|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-Bundle (`wrangler deploy --dry-run`): {size}; `index_bg.wasm` {wasm:.0f} KiB.
+Bundle (`wrangler deploy --dry-run`): {size}; `index_bg.wasm` {wasm:.0f} KiB.{native_table}
 <!-- bench:end -->"""
 
 doc = "docs/BENCHMARKS.md"

@@ -91,3 +91,9 @@ pub fn json<T: Serialize>(value: &T, status: u16) -> AppResult<Response> {
         .with_status(status)
         .with_headers(headers))
 }
+
+/// The request's decoded query parameters (without parsing the URL as a `url::Url`, which would
+/// pull IDNA tables into the bundle).
+pub fn query(req: &Request) -> Result<Vec<(String, String)>, GatewayError> {
+    gateway_core::validate::query_pairs(&req.inner().url())
+}

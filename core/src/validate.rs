@@ -101,3 +101,46 @@ mod tests {
         assert!(percent_decode("%FF").is_err());
     }
 }
+
+/// The query parameters of a full URL or a path (`a=1&b=x%20y`), decoded (`+` is a space).
+/// A parameter whose escapes do not decode is an error; a parameter without `=` has an empty value.
+pub fn query_pairs(url: &str) -> Result<Vec<(String, String)>, GatewayError> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(Vec::new());
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let dec = |s: &str| {
+                percent_decode(&s.replace('+', " ")).map_err(|_| {
+                    GatewayError::bad_request("invalid-query", "malformed percent-escape in query")
+                })
+            };
+            Ok((dec(k)?, dec(v)?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_decodes_query_pairs() {
+        let q = query_pairs("https://x/metrics?period=24h&format=json&x=a+b%21&flag#frag").unwrap();
+        assert_eq!(
+            q,
+            vec![
+                ("period".into(), "24h".into()),
+                ("format".into(), "json".into()),
+                ("x".into(), "a b!".into()),
+                ("flag".into(), String::new()),
+            ]
+        );
+        assert!(query_pairs("/p").unwrap().is_empty());
+        assert!(query_pairs("/p?a=%zz").is_err());
+    }
+}

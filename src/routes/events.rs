@@ -102,13 +102,12 @@ fn pct(part: u64, whole: u64) -> f64 {
 /// `GET /metrics?period=1h|24h|7d&format=json|prometheus`: merges every aggregator shard's
 /// windows (fetched concurrently).
 pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Response> {
-    let url = req.url()?;
     let mut period = "1h".to_string();
     let mut format = "json".to_string();
-    for (k, v) in url.query_pairs() {
-        match k.as_ref() {
-            "period" => period = v.into_owned(),
-            "format" => format = v.into_owned(),
+    for (k, v) in crate::http::query(&req)? {
+        match k.as_str() {
+            "period" => period = v,
+            "format" => format = v,
             _ => {}
         }
     }

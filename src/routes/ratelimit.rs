@@ -51,10 +51,7 @@ pub fn object_name(cfg: &Config, policy: &str, key: &str) -> String {
 }
 
 fn cost_from_query(req: &Request) -> Result<u64, GatewayError> {
-    let url = req
-        .url()
-        .map_err(|_| GatewayError::bad_request("invalid-url", "bad URL"))?;
-    for (k, v) in url.query_pairs() {
+    for (k, v) in crate::http::query(req)? {
         if k == "cost" {
             return v.parse().map_err(|_| {
                 GatewayError::bad_request("invalid-cost", "cost must be a positive integer")
