@@ -56,7 +56,7 @@ deploy-dry-run: build
 deploy: build
 	@$(ENV) wrangler deploy
 
-bench: build
+bench: build deploy-dry-run
 	@bash scripts/setup.sh bench
 	@bash scripts/bench.sh
 
