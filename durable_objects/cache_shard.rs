@@ -4,21 +4,37 @@
 //! on first use (entries loaded least-recently-accessed first, which restores LRU order as of the
 //! last write-back). Hits update recency in memory only; the alarm writes the access times back,
 //! so LRU order survives a restart approximately (to within one sweep interval) without a write
-//! per read. The alarm also sweeps expired entries, so storage stays bounded.
+//! per read. The alarm also removes entries no window uses any more, so storage stays bounded.
+//!
+//! Request coalescing: a caller that asks for a fill lease on a miss gets it when nobody holds
+//! one; callers arriving while it is held wait (bounded) for the holder's `Put`, which releases
+//! the lease and wakes them, instead of all going upstream. Waiting on a channel or timer opens
+//! the object's input gate, so the holder's `Put` gets through.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
+use futures::channel::oneshot;
+use futures::future::select;
 use gateway_core::alarm::next_alarm;
-use gateway_core::cache::{EvictionCause, Lookup, LruTtlCache};
+use gateway_core::cache::lease::{LeaseOutcome, Leases};
+use gateway_core::cache::{EntryMeta, EvictionCause, Lookup, LruTtlCache, PutOptions, Removed};
 use gateway_core::config::Config;
-use gateway_core::protocol::cache::{Request, Response as Reply, Stats};
+use gateway_core::protocol::cache::{Cached, Request, Response as Reply, Stats};
 use gateway_core::{GatewayError, UnixMillis};
-use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
+use worker::{durable_object, Delay, DurableObject, Env, Request as HttpRequest, Response, State};
 
 use super::{blob, col, int, migrations, now, respond, text, Base, Db};
 
 type Entry = (Vec<u8>, Option<String>);
+
+/// What a synchronous lookup decided.
+enum GetStep {
+    Done(Reply),
+    /// Another caller holds the fill lease until this instant: wait for its fill.
+    Wait(UnixMillis),
+}
 
 /// A cache shard.
 #[durable_object(alarm)]
@@ -27,6 +43,20 @@ pub struct CacheShardDO {
     env: Env,
     cache: RefCell<Option<LruTtlCache<Entry>>>,
     touched: RefCell<HashSet<String>>,
+    leases: RefCell<Leases>,
+    waiters: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    leases_granted: Cell<u64>,
+    coalesced: Cell<u64>,
+}
+
+fn cached(value: &Entry, meta: &EntryMeta, age_ms: u64, ttl_left_ms: u64) -> Cached {
+    Cached {
+        value: value.0.clone(),
+        content_type: value.1.clone(),
+        age_ms,
+        ttl_left_ms,
+        negative: meta.negative,
+    }
 }
 
 impl CacheShardDO {
@@ -42,8 +72,8 @@ impl CacheShardDO {
         let cfg = self.cfg()?;
         let mut cache = LruTtlCache::new(cfg.cache_max_entries, cfg.cache_max_bytes);
         let rows = db.rows(
-            "SELECT key, value, content_type, stored_at, expires_at FROM entries \
-             WHERE expires_at > ? ORDER BY last_access ASC",
+            "SELECT key, value, content_type, stored_at, expires_at, stale_while_revalidate_ms, \
+             stale_if_error_ms, negative, tags FROM entries WHERE evict_at > ? ORDER BY last_access ASC",
             vec![now.0.into()],
         )?;
         let mut dropped = Vec::new();
@@ -52,17 +82,23 @@ impl CacheShardDO {
                 text(col(&row, 0)?).ok_or_else(|| GatewayError::Internal("bad key".into()))?;
             let value = blob(col(&row, 1)?).map(<[u8]>::to_vec).unwrap_or_default();
             let content_type = text(col(&row, 2)?);
-            let stored_at = UnixMillis(int(col(&row, 3)?).unwrap_or(now.0));
-            let expires_at = UnixMillis(int(col(&row, 4)?).unwrap_or(now.0));
+            let n = |i: usize| col(&row, i).map(|v| int(v).unwrap_or(0));
+            let tags = text(col(&row, 8)?).unwrap_or_default();
+            let meta = EntryMeta {
+                stored_at: UnixMillis(n(3)?),
+                expires_at: UnixMillis(n(4)?),
+                stale_while_revalidate_ms: u64::try_from(n(5)?).unwrap_or(0),
+                stale_if_error_ms: u64::try_from(n(6)?).unwrap_or(0),
+                negative: n(7)? != 0,
+                tags: tags
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            };
             let len = value.len() as u64;
             // Caps may have been lowered since the entries were written: evict to fit.
-            match cache.insert_at(
-                key.clone(),
-                (value, content_type),
-                len,
-                stored_at,
-                expires_at,
-            ) {
+            match cache.insert_at(key.clone(), (value, content_type), len, meta) {
                 Ok(removed) => dropped.extend(removed.into_iter().map(|r| r.key)),
                 Err(_) => dropped.push(key),
             }
@@ -74,84 +110,230 @@ impl CacheShardDO {
         Ok(())
     }
 
-    fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
+    fn delete_rows(&self, db: &Db, removed: &[Removed]) -> Result<u32, GatewayError> {
+        let mut n = 0;
+        let mut touched = self.touched.borrow_mut();
+        for r in removed {
+            if r.cause != EvictionCause::Replaced {
+                n += 1;
+                db.exec(
+                    "DELETE FROM entries WHERE key = ?",
+                    vec![r.key.as_str().into()],
+                )?;
+                touched.remove(&r.key);
+            }
+        }
+        Ok(n)
+    }
+
+    fn lease(
+        &self,
+        key: &str,
+        now: UnixMillis,
+        lease_ms: Option<u64>,
+    ) -> Option<Result<u64, UnixMillis>> {
+        let ms = lease_ms?;
+        Some(match self.leases.borrow_mut().acquire(key, now, ms) {
+            LeaseOutcome::Granted { token, .. } => {
+                self.leases_granted.set(self.leases_granted.get() + 1);
+                Ok(token)
+            }
+            LeaseOutcome::Held { until } => Err(until),
+        })
+    }
+
+    fn get_step(
+        &self,
+        key: &str,
+        allow_sie: bool,
+        lease_ms: Option<u64>,
+        may_wait: bool,
+        now: UnixMillis,
+    ) -> Result<GetStep, GatewayError> {
         let db = self.base.db(migrations::CACHE_SHARD, now)?;
         self.loaded(&db, now)?;
         let mut guard = self.cache.borrow_mut();
         let cache = guard
             .as_mut()
             .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
-        match msg {
-            Request::Get { key } => match cache.get(&key, now) {
-                Lookup::Hit {
+        let expired = match cache.get(key, now, allow_sie) {
+            Lookup::Fresh {
+                value,
+                meta,
+                age_ms,
+                ttl_left_ms,
+            } => {
+                self.touched.borrow_mut().insert(key.to_string());
+                return Ok(GetStep::Done(Reply::Hit(cached(
                     value,
+                    meta,
                     age_ms,
                     ttl_left_ms,
-                } => {
-                    let reply = Reply::Hit {
-                        value: value.0.clone(),
-                        content_type: value.1.clone(),
-                        age_ms,
-                        ttl_left_ms,
-                    };
-                    self.touched.borrow_mut().insert(key);
-                    Ok((reply, false))
-                }
-                Lookup::Miss => Ok((Reply::Miss, false)),
-                Lookup::Expired => {
+                ))));
+            }
+            Lookup::Stale {
+                value,
+                meta,
+                age_ms,
+            } => {
+                let c = cached(value, meta, age_ms, 0);
+                self.touched.borrow_mut().insert(key.to_string());
+                let lease = self.lease(key, now, lease_ms).and_then(Result::ok);
+                return Ok(GetStep::Done(Reply::Stale {
+                    cached: c,
+                    if_error: false,
+                    lease,
+                }));
+            }
+            Lookup::StaleIfError {
+                value,
+                meta,
+                age_ms,
+            } => {
+                let c = cached(value, meta, age_ms, 0);
+                return Ok(GetStep::Done(Reply::Stale {
+                    cached: c,
+                    if_error: true,
+                    lease: None,
+                }));
+            }
+            Lookup::Miss => false,
+            Lookup::Expired => {
+                if !cache.contains(key) {
                     db.exec("DELETE FROM entries WHERE key = ?", vec![key.into()])?;
-                    Ok((Reply::Expired, false))
                 }
-            },
+                true
+            }
+        };
+        match self.lease(key, now, lease_ms) {
+            Some(Ok(token)) => Ok(GetStep::Done(Reply::Miss {
+                expired,
+                lease: Some(token),
+                waited: false,
+            })),
+            Some(Err(until)) if may_wait => Ok(GetStep::Wait(until)),
+            _ => Ok(GetStep::Done(Reply::Miss {
+                expired,
+                lease: None,
+                waited: !may_wait,
+            })),
+        }
+    }
+
+    fn put(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        content_type: Option<String>,
+        spec: gateway_core::protocol::cache::PutSpec,
+        now: UnixMillis,
+    ) -> Result<Reply, GatewayError> {
+        let db = self.base.db(migrations::CACHE_SHARD, now)?;
+        self.loaded(&db, now)?;
+        for t in &spec.tags {
+            gateway_core::validate::name("tag", t)?;
+        }
+        let opts = PutOptions {
+            ttl_ms: spec.ttl_ms,
+            stale_while_revalidate_ms: spec.stale_while_revalidate_ms,
+            stale_if_error_ms: spec.stale_if_error_ms,
+            negative: spec.negative,
+            tags: spec.tags.clone(),
+        };
+        let len = value.len() as u64;
+        let removed = {
+            let mut guard = self.cache.borrow_mut();
+            let cache = guard
+                .as_mut()
+                .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
+            cache.put(
+                key.clone(),
+                (value.clone(), content_type.clone()),
+                len,
+                opts.clone(),
+                now,
+            )?
+        };
+        let evicted = self.delete_rows(&db, &removed)?;
+        let meta = EntryMeta {
+            stored_at: now,
+            expires_at: now.plus_ms(i64::try_from(opts.ttl_ms).unwrap_or(i64::MAX)),
+            stale_while_revalidate_ms: opts.stale_while_revalidate_ms,
+            stale_if_error_ms: opts.stale_if_error_ms,
+            negative: opts.negative,
+            tags: opts.tags,
+        };
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        db.exec(
+            "INSERT INTO entries (key, value, content_type, stored_at, expires_at, last_access, \
+             stale_while_revalidate_ms, stale_if_error_ms, negative, tags, evict_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET \
+             value = excluded.value, content_type = excluded.content_type, stored_at = excluded.stored_at, \
+             expires_at = excluded.expires_at, last_access = excluded.last_access, \
+             stale_while_revalidate_ms = excluded.stale_while_revalidate_ms, \
+             stale_if_error_ms = excluded.stale_if_error_ms, negative = excluded.negative, \
+             tags = excluded.tags, evict_at = excluded.evict_at",
+            vec![
+                key.as_str().into(),
+                value.into(),
+                content_type.into(),
+                now.0.into(),
+                meta.expires_at.0.into(),
+                now.0.into(),
+                i(meta.stale_while_revalidate_ms).into(),
+                i(meta.stale_if_error_ms).into(),
+                i64::from(meta.negative).into(),
+                meta.tags.join(",").into(),
+                meta.evict_at().0.into(),
+            ],
+        )?;
+        // The fill arrived: release the lease and wake everyone waiting for it.
+        self.leases.borrow_mut().release(&key);
+        for w in self.waiters.borrow_mut().remove(&key).unwrap_or_default() {
+            let _ = w.send(());
+        }
+        Ok(Reply::Stored { evicted })
+    }
+
+    fn handle_sync(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
+        match msg {
             Request::Put {
                 key,
                 value,
                 content_type,
-                ttl_ms,
-            } => {
-                let len = value.len() as u64;
-                let removed = cache.put(
-                    key.clone(),
-                    (value.clone(), content_type.clone()),
-                    len,
-                    ttl_ms,
-                    now,
-                )?;
-                let mut evicted = 0u32;
-                for r in &removed {
-                    if r.cause != EvictionCause::Replaced {
-                        evicted += 1;
-                        db.exec(
-                            "DELETE FROM entries WHERE key = ?",
-                            vec![r.key.as_str().into()],
-                        )?;
-                        self.touched.borrow_mut().remove(&r.key);
-                    }
-                }
-                let expires_at = now.plus_ms(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
-                db.exec(
-                    "INSERT INTO entries (key, value, content_type, stored_at, expires_at, last_access) \
-                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                     content_type = excluded.content_type, stored_at = excluded.stored_at, \
-                     expires_at = excluded.expires_at, last_access = excluded.last_access",
-                    vec![
-                        key.into(),
-                        value.into(),
-                        content_type.into(),
-                        now.0.into(),
-                        expires_at.0.into(),
-                        now.0.into(),
-                    ],
-                )?;
-                Ok((Reply::Stored { evicted }, true))
-            }
+                spec,
+            } => Ok((self.put(key, value, content_type, spec, now)?, true)),
             Request::Delete { key } => {
-                let existed = cache.delete(&key);
+                let db = self.base.db(migrations::CACHE_SHARD, now)?;
+                self.loaded(&db, now)?;
+                let existed = self
+                    .cache
+                    .borrow_mut()
+                    .as_mut()
+                    .is_some_and(|c| c.delete(&key));
                 db.exec("DELETE FROM entries WHERE key = ?", vec![key.into()])?;
                 Ok((Reply::Deleted { existed }, false))
             }
+            Request::Purge { tags } => {
+                let db = self.base.db(migrations::CACHE_SHARD, now)?;
+                self.loaded(&db, now)?;
+                let removed = self
+                    .cache
+                    .borrow_mut()
+                    .as_mut()
+                    .map(|c| c.purge_tags(&tags))
+                    .unwrap_or_default();
+                let n = self.delete_rows(&db, &removed)?;
+                Ok((Reply::Purged { removed: n }, false))
+            }
             Request::Stats => {
+                let db = self.base.db(migrations::CACHE_SHARD, now)?;
+                self.loaded(&db, now)?;
                 let cfg = self.cfg()?;
+                let guard = self.cache.borrow();
+                let cache = guard
+                    .as_ref()
+                    .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
                 Ok((
                     Reply::Stats(Stats {
                         entries: cache.len() as u64,
@@ -160,10 +342,46 @@ impl CacheShardDO {
                         max_bytes: cfg.cache_max_bytes,
                         counters: cache.counters(),
                         swept: u64::try_from(db.meta("swept")?).unwrap_or(0),
+                        leases_granted: self.leases_granted.get(),
+                        coalesced: self.coalesced.get(),
                         object: self.base.object_stats(&db)?,
                     }),
                     false,
                 ))
+            }
+            Request::Get { .. } => Err(GatewayError::Internal("get is asynchronous".into())),
+        }
+    }
+
+    async fn get(
+        &self,
+        key: String,
+        allow_sie: bool,
+        lease_ms: Option<u64>,
+        wait_ms: u64,
+    ) -> Result<Reply, GatewayError> {
+        let start = now();
+        match self.get_step(&key, allow_sie, lease_ms, wait_ms > 0, start)? {
+            GetStep::Done(r) => Ok(r),
+            GetStep::Wait(until) => {
+                self.coalesced.set(self.coalesced.get() + 1);
+                let (tx, rx) = oneshot::channel();
+                self.waiters
+                    .borrow_mut()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(tx);
+                let budget = u64::try_from(until.since(start)).unwrap_or(0).min(wait_ms);
+                let _ = select(rx, Delay::from(Duration::from_millis(budget))).await;
+                // Look again (a new clock reading: time has passed), without waiting twice.
+                match self.get_step(&key, allow_sie, lease_ms, false, now())? {
+                    GetStep::Done(r) => Ok(r),
+                    GetStep::Wait(_) => Ok(Reply::Miss {
+                        expired: false,
+                        lease: None,
+                        waited: true,
+                    }),
+                }
             }
         }
     }
@@ -185,7 +403,7 @@ impl CacheShardDO {
         let removed = cache.on_alarm(now);
         // Also catches rows the index never held (e.g. written by an older instance).
         let swept = db.exec_count(
-            "DELETE FROM entries WHERE expires_at <= ?",
+            "DELETE FROM entries WHERE evict_at <= ?",
             vec![now.0.into()],
         )?;
         let mut touched = self.touched.borrow_mut();
@@ -198,6 +416,7 @@ impl CacheShardDO {
                 vec![now.0.into(), key.into()],
             )?;
         }
+        self.leases.borrow_mut().prune(now);
         db.add_meta(
             "swept",
             i64::try_from(swept.max(removed.len() as u64)).unwrap_or(0),
@@ -214,13 +433,29 @@ impl DurableObject for CacheShardDO {
             env,
             cache: RefCell::new(None),
             touched: RefCell::new(HashSet::new()),
+            leases: RefCell::new(Leases::default()),
+            waiters: RefCell::new(HashMap::new()),
+            leases_granted: Cell::new(0),
+            coalesced: Cell::new(0),
         }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
         let bytes = req.bytes().await?;
         let now = now();
-        let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
+        let result = match super::decode_request::<Request>(&bytes) {
+            Err(e) => Err(e),
+            Ok(Request::Get {
+                key,
+                allow_stale_if_error,
+                lease_ms,
+                wait_ms,
+            }) => self
+                .get(key, allow_stale_if_error, lease_ms, wait_ms)
+                .await
+                .map(|r| (r, false)),
+            Ok(msg) => self.handle_sync(msg, now),
+        };
         if let Ok((_, true)) = &result {
             let deadline = self
                 .cache

@@ -41,7 +41,10 @@ pub mod migrations {
         m!(2, "rate_limiter", "0002_policies_windows.sql"),
     ];
     /// `CacheShardDO`.
-    pub const CACHE_SHARD: &[Migration] = &[m!(1, "cache_shard", "0001_init.sql")];
+    pub const CACHE_SHARD: &[Migration] = &[
+        m!(1, "cache_shard", "0001_init.sql"),
+        m!(2, "cache_shard", "0002_stale_negative_tags.sql"),
+    ];
     /// `ProviderHealthDO`.
     pub const PROVIDER_HEALTH: &[Migration] = &[m!(1, "provider_health", "0001_init.sql")];
     /// `ExperimentDO`.

@@ -77,6 +77,12 @@ pub struct Config {
     pub cache_max_bytes: u64,
     /// `CACHE_DEFAULT_TTL_S`.
     pub cache_default_ttl_s: u64,
+    /// `CACHE_NEGATIVE_TTL_S`: TTL of negative entries the proxy stores for 404/410.
+    pub cache_negative_ttl_s: u64,
+    /// `CACHE_FILL_LEASE_MS`: how long a fill lease lasts (a crashed filler blocks no longer).
+    pub cache_fill_lease_ms: u64,
+    /// `CACHE_FILL_WAIT_MS`: how long a coalesced caller waits for another caller's fill.
+    pub cache_fill_wait_ms: u64,
     /// `RATE_LIMIT_GC_INTERVAL_MS`: idle-bucket collection period.
     pub rate_limit_gc_interval_ms: u64,
     /// `CACHE_SWEEP_INTERVAL_MS`: expiry sweep period (earlier when an entry expires sooner).
@@ -170,6 +176,9 @@ impl Config {
             cache_max_entries: num(get, "CACHE_MAX_ENTRIES", 10_000, 1, 10_000_000)?,
             cache_max_bytes: num(get, "CACHE_MAX_BYTES", 4 << 20, 1024, 64 << 20)?,
             cache_default_ttl_s: num(get, "CACHE_DEFAULT_TTL_S", 300, 1, 31_536_000)?,
+            cache_negative_ttl_s: num(get, "CACHE_NEGATIVE_TTL_S", 30, 0, 86_400)?,
+            cache_fill_lease_ms: num(get, "CACHE_FILL_LEASE_MS", 10_000, 100, 120_000)?,
+            cache_fill_wait_ms: num(get, "CACHE_FILL_WAIT_MS", 5_000, 0, 60_000)?,
             rate_limit_gc_interval_ms: num(
                 get,
                 "RATE_LIMIT_GC_INTERVAL_MS",

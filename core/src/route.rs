@@ -69,6 +69,8 @@ pub enum Route {
         /// Operation.
         op: CacheOp,
     },
+    /// `POST /v1/cache/purge` (admin): purge by tags on every shard.
+    CachePurge,
     /// `GET /v1/providers`.
     ProvidersList,
     /// `GET /v1/providers/{group}`.
@@ -114,6 +116,7 @@ impl Route {
             Route::ProviderConfigure(_)
                 | Route::ExperimentDefine(_)
                 | Route::PolicyPut(_)
+                | Route::CachePurge
                 | Route::PolicyDelete(_)
                 | Route::RateLimit {
                     op: RateLimitOp::Reset,
@@ -183,6 +186,13 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
                 key: rest_key(rest)?,
                 op,
             })
+        }
+        ["v1", "cache", "purge"] => {
+            if is("POST") {
+                Ok(Route::CachePurge)
+            } else {
+                Err(not_allowed(m, "POST"))
+            }
         }
         ["v1", "cache", namespace, rest @ ..] if !rest.is_empty() => {
             let op = if is("GET") || is("HEAD") {

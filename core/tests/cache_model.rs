@@ -1,7 +1,7 @@
 //! The LRU + TTL cache against a simple reference model (a list in recency order), on random
 //! get / put / delete / advance-time / sweep sequences. Caps must hold after every step.
 
-use gateway_core::cache::{EvictionCause, Lookup, LruTtlCache};
+use gateway_core::cache::{EvictionCause, Lookup, LruTtlCache, PutOptions};
 use gateway_core::UnixMillis;
 use proptest::prelude::*;
 
@@ -53,7 +53,7 @@ proptest! {
             match op {
                 Op::Get(k) => {
                     let key = format!("k{k}");
-                    let got = cache.get(&key, UnixMillis(now));
+                    let got = cache.get(&key, UnixMillis(now), false);
                     match model.pos(&key) {
                         None => prop_assert_eq!(got, Lookup::Miss),
                         Some(i) if model.entries[i].3 <= now => {
@@ -63,7 +63,7 @@ proptest! {
                         Some(i) => {
                             let e = model.entries.remove(i);
                             match got {
-                                Lookup::Hit { value, .. } => prop_assert_eq!(*value, e.1),
+                                Lookup::Fresh { value, .. } => prop_assert_eq!(*value, e.1),
                                 other => prop_assert!(false, "expected hit, got {:?}", other),
                             }
                             model.entries.push(e);
@@ -72,8 +72,9 @@ proptest! {
                 }
                 Op::Put(k, len, ttl) => {
                     let key = format!("k{k}");
-                    let weight = LruTtlCache::<u64>::weight_of(&key, len);
-                    let result = cache.put(key.clone(), len, len, ttl, UnixMillis(now));
+                    let weight = LruTtlCache::<u64>::weight_of(&key, len, &[]);
+                    let opts = PutOptions { ttl_ms: ttl, ..PutOptions::default() };
+                    let result = cache.put(key.clone(), len, len, opts, UnixMillis(now));
                     if weight > model.max_bytes {
                         prop_assert!(result.is_err());
                         continue;

@@ -1,22 +1,63 @@
-//! `/v1/cache/{namespace}/{key}`: GET/HEAD, PUT (TTL from `Cache-Control: max-age`), DELETE.
+//! `/v1/cache/{namespace}/{key}`: GET/HEAD (with optional fill lease and stale-if-error), PUT
+//! (TTL, stale windows, tags, negative entries), DELETE; `POST /v1/cache/purge` by tags (admin).
 
+use futures::future::join_all;
 use gateway_core::cache::parse_max_age;
+use gateway_core::cache::policy::parse_cache_control;
 use gateway_core::config::Config;
-use gateway_core::protocol::cache::{Request as CacheRequest, Response as CacheResponse};
+use gateway_core::protocol::cache::{
+    Cached, PutSpec, Request as CacheRequest, Response as CacheResponse,
+};
 use gateway_core::route::CacheOp;
 use gateway_core::shard::shard_name;
-use gateway_core::GatewayError;
+use gateway_core::{validate, GatewayError};
+use serde::Deserialize;
+use serde_json::json as j;
 use worker::{Env, Headers, Request, Response};
 
 use crate::error::{problem_response, AppResult};
-use crate::http::{json, read_body};
+use crate::http::{json, parse_json, read_body};
 use crate::stub::{binding, call, unexpected};
+
+/// Most tags per entry.
+pub const MAX_TAGS: usize = 16;
 
 /// The full key and the shard object that owns it.
 pub fn locate(cfg: &Config, namespace: &str, key: &str) -> (String, String) {
     let full = format!("{namespace}/{key}");
     let object = shard_name("cache", &full, cfg.cache_shards);
     (full, object)
+}
+
+/// Parses `Cache-Tag: a, b` (names, at most 16).
+pub fn parse_tags(value: Option<&str>) -> Result<Vec<String>, GatewayError> {
+    let Some(v) = value else {
+        return Ok(Vec::new());
+    };
+    let tags: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    if tags.len() > MAX_TAGS {
+        return Err(GatewayError::bad_request(
+            "invalid-header",
+            format!("at most {MAX_TAGS} tags"),
+        ));
+    }
+    for t in &tags {
+        validate::name("tag", t)?;
+    }
+    Ok(tags)
+}
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}
+
+fn is_true(v: Option<&str>) -> bool {
+    matches!(v.map(str::trim), Some("1" | "true" | "yes"))
 }
 
 /// Handles GET/HEAD, PUT and DELETE.
@@ -30,89 +71,190 @@ pub async fn handle(
     op: CacheOp,
 ) -> AppResult<Response> {
     let (full, object) = locate(cfg, namespace, key);
+    let path = req.path();
     match op {
-        CacheOp::Get => match call(
-            env,
-            binding::CACHE_SHARD,
-            &object,
-            &CacheRequest::Get { key: full },
-        )
-        .await?
-        {
-            CacheResponse::Hit {
-                value,
-                content_type,
-                age_ms,
-                ttl_left_ms,
-            } => {
-                let headers = Headers::new();
-                headers.set(
-                    "Content-Type",
-                    content_type
-                        .as_deref()
-                        .unwrap_or("application/octet-stream"),
-                )?;
-                headers.set("X-Cache", "HIT")?;
-                headers.set("Age", &(age_ms / 1000).to_string())?;
-                headers.set("Cache-Control", &format!("max-age={}", ttl_left_ms / 1000))?;
-                Ok(Response::from_bytes(value)?.with_headers(headers))
+        CacheOp::Get => {
+            let allow_sie = crate::http::query(&req)?
+                .iter()
+                .any(|(k, v)| k == "stale-if-error" && is_true(Some(v)));
+            let wants_lease =
+                header(&req, "X-Cache-Fill").is_some_and(|v| v.eq_ignore_ascii_case("lease"));
+            let msg = CacheRequest::Get {
+                key: full,
+                allow_stale_if_error: allow_sie,
+                lease_ms: wants_lease.then_some(cfg.cache_fill_lease_ms),
+                wait_ms: if wants_lease {
+                    cfg.cache_fill_wait_ms
+                } else {
+                    0
+                },
+            };
+            match call(env, binding::CACHE_SHARD, &object, &msg).await? {
+                CacheResponse::Hit(c) => cached_response(c, "HIT", None, &path, request_id),
+                CacheResponse::Stale { cached, lease, .. } => {
+                    cached_response(cached, "STALE", lease, &path, request_id)
+                }
+                CacheResponse::Miss {
+                    expired,
+                    lease,
+                    waited,
+                } => {
+                    let kind = if expired { "EXPIRED" } else { "MISS" };
+                    let err = GatewayError::NotFound(format!(
+                        "cache {}: nothing fresh under this key",
+                        kind.to_ascii_lowercase()
+                    ));
+                    let mut resp = problem_response(&err, request_id, &path)?;
+                    resp.headers_mut().set("X-Cache", kind)?;
+                    if let Some(token) = lease {
+                        resp.headers_mut()
+                            .set("X-Cache-Lease", &token.to_string())?;
+                    }
+                    if waited {
+                        resp.headers_mut().set("X-Cache-Coalesced", "timeout")?;
+                    }
+                    Ok(resp)
+                }
+                _ => Err(unexpected("cache")),
             }
-            CacheResponse::Miss => miss("MISS", &req.path(), request_id),
-            CacheResponse::Expired => miss("EXPIRED", &req.path(), request_id),
-            _ => Err(unexpected("cache")),
-        },
+        }
         CacheOp::Put => {
-            let ttl_s = match req.headers().get("Cache-Control")? {
-                Some(cc) => parse_max_age(&cc)?,
+            let cc = header(&req, "Cache-Control");
+            let ttl_s = match &cc {
+                Some(cc) => parse_max_age(cc)?,
                 None => None,
             }
             .unwrap_or(cfg.cache_default_ttl_s);
-            let content_type = req.headers().get("Content-Type")?;
+            let windows = parse_cache_control(cc.as_deref().unwrap_or(""));
+            let tags = parse_tags(header(&req, "Cache-Tag").as_deref())?;
+            let negative = is_true(header(&req, "X-Cache-Negative").as_deref());
+            let content_type = header(&req, "Content-Type");
             if content_type.as_ref().is_some_and(|c| c.len() > 256) {
                 return Err(
                     GatewayError::bad_request("invalid-header", "Content-Type too long").into(),
                 );
             }
             let value = read_body(&mut req, cfg.max_body_bytes).await?;
-            let msg = CacheRequest::Put {
-                key: full,
-                value,
-                content_type,
+            let spec = PutSpec {
                 ttl_ms: ttl_s * 1000,
+                stale_while_revalidate_ms: windows.stale_while_revalidate.unwrap_or(0) * 1000,
+                stale_if_error_ms: windows.stale_if_error.unwrap_or(0) * 1000,
+                negative,
+                tags: tags.clone(),
             };
-            match call(env, binding::CACHE_SHARD, &object, &msg).await? {
+            match call(
+                env,
+                binding::CACHE_SHARD,
+                &object,
+                &CacheRequest::Put {
+                    key: full,
+                    value,
+                    content_type,
+                    spec,
+                },
+            )
+            .await?
+            {
                 CacheResponse::Stored { evicted } => json(
-                    &serde_json::json!({ "stored": true, "ttl_s": ttl_s, "evicted": evicted }),
+                    &j!({
+                        "stored": true,
+                        "ttl_s": ttl_s,
+                        "stale_while_revalidate_s": windows.stale_while_revalidate.unwrap_or(0),
+                        "stale_if_error_s": windows.stale_if_error.unwrap_or(0),
+                        "negative": negative,
+                        "tags": tags,
+                        "evicted": evicted,
+                    }),
                     201,
                 ),
                 _ => Err(unexpected("cache")),
             }
         }
-        CacheOp::Delete => {
-            match call(
-                env,
-                binding::CACHE_SHARD,
-                &object,
-                &CacheRequest::Delete { key: full },
-            )
-            .await?
-            {
-                CacheResponse::Deleted { existed } => {
-                    json(&serde_json::json!({ "deleted": existed }), 200)
-                }
-                _ => Err(unexpected("cache")),
-            }
-        }
+        CacheOp::Delete => match call(
+            env,
+            binding::CACHE_SHARD,
+            &object,
+            &CacheRequest::Delete { key: full },
+        )
+        .await?
+        {
+            CacheResponse::Deleted { existed } => json(&j!({ "deleted": existed }), 200),
+            _ => Err(unexpected("cache")),
+        },
     }
 }
 
-/// A 404 problem that also says `X-Cache: MISS|EXPIRED`.
-fn miss(kind: &str, path: &str, request_id: &str) -> AppResult<Response> {
-    let err = GatewayError::NotFound(format!(
-        "cache {}: nothing fresh under this key",
-        kind.to_ascii_lowercase()
-    ));
-    let mut resp = problem_response(&err, request_id, path)?;
-    resp.headers_mut().set("X-Cache", kind)?;
+/// A cached entry as an HTTP response: the value (or a 404 problem for a negative entry) with
+/// `X-Cache`, `Age`, `Cache-Control` and, when this caller should refresh it, `X-Cache-Lease`.
+pub fn cached_response(
+    c: Cached,
+    kind: &str,
+    lease: Option<u64>,
+    path: &str,
+    request_id: &str,
+) -> AppResult<Response> {
+    let mut resp = if c.negative {
+        let mut r = problem_response(
+            &GatewayError::NotFound("cached as not found".into()),
+            request_id,
+            path,
+        )?;
+        r.headers_mut().set("X-Cache-Negative", "1")?;
+        r
+    } else {
+        let headers = Headers::new();
+        headers.set(
+            "Content-Type",
+            c.content_type
+                .as_deref()
+                .unwrap_or("application/octet-stream"),
+        )?;
+        Response::from_bytes(c.value)?.with_headers(headers)
+    };
+    let h = resp.headers_mut();
+    h.set("X-Cache", kind)?;
+    h.set("Age", &(c.age_ms / 1000).to_string())?;
+    h.set(
+        "Cache-Control",
+        &format!("max-age={}", c.ttl_left_ms / 1000),
+    )?;
+    if let Some(token) = lease {
+        h.set("X-Cache-Lease", &token.to_string())?;
+    }
     Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    tags: Vec<String>,
+}
+
+/// `POST /v1/cache/purge` (admin) `{"tags":["a","b"]}`: every shard, concurrently.
+pub async fn purge(mut req: Request, env: &Env, cfg: &Config) -> AppResult<Response> {
+    let body: PurgeBody = parse_json(&read_body(&mut req, 16_384).await?)?;
+    if body.tags.is_empty() || body.tags.len() > 64 {
+        return Err(GatewayError::bad_request("invalid-request", "send 1 to 64 tags").into());
+    }
+    for t in &body.tags {
+        validate::name("tag", t)?;
+    }
+    let calls = (0..cfg.cache_shards).map(|i| {
+        let msg = CacheRequest::Purge {
+            tags: body.tags.clone(),
+        };
+        let object = format!("cache:{i}");
+        async move { call::<_, CacheResponse>(env, binding::CACHE_SHARD, &object, &msg).await }
+    });
+    let mut removed = 0u64;
+    for r in join_all(calls).await {
+        match r? {
+            CacheResponse::Purged { removed: n } => removed += u64::from(n),
+            _ => return Err(unexpected("cache")),
+        }
+    }
+    json(
+        &j!({ "purged": removed, "tags": body.tags, "shards": cfg.cache_shards }),
+        200,
+    )
 }

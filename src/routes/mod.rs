@@ -44,6 +44,7 @@ pub async fn dispatch(
         Route::Cache { namespace, key, op } => {
             cache::handle(req, env, cfg, request_id, &namespace, &key, op).await
         }
+        Route::CachePurge => cache::purge(req, env, cfg).await,
         Route::ProvidersList => providers::list(env, cfg).await,
         Route::ProviderStatus(group) => providers::status(env, &group).await,
         Route::ProviderConfigure(group) => providers::configure(req, env, cfg, &group).await,

@@ -1,20 +1,28 @@
-//! `LruTtlCache`: an O(1) least-recently-used cache with per-entry TTL, bounded by entry count
-//! AND total bytes.
+//! `LruTtlCache`: an O(1) least-recently-used cache with per-entry TTL, stale windows, negative
+//! entries and tags, bounded by entry count AND total bytes.
 //!
 //! Entries live in a slab (`Vec`) threaded by an intrusive doubly linked list (most recent at the
-//! head) and indexed by a `HashMap`. A `BTreeSet` of `(expires_at, slot)` gives the next expiry in
-//! O(log n) for the alarm. An entry's weight is `key bytes + value bytes + ENTRY_OVERHEAD`.
+//! head) and indexed by a `HashMap`; a tag index maps each tag to its entries. An entry's weight
+//! is `key + value + tag bytes + ENTRY_OVERHEAD`.
 //!
-//! Every mutation returns what it removed and why, so the Durable Object can delete exactly those
-//! rows from SQLite.
+//! An entry is **fresh** until `expires_at`; then **stale** for `stale_while_revalidate_ms`
+//! (served as STALE while one caller refreshes it), and usable for `stale_if_error_ms` only when
+//! the caller says its origin failed. It is removed once past both windows: lazily on lookup, or
+//! by the expiry sweep (`on_alarm`), which scans every entry (O(n), once per sweep interval, so
+//! puts stay O(1) without a priority queue). `next_deadline()` may be early, never late.
+//!
+//! Every mutation returns what it removed and why, so the Durable Object deletes exactly those rows.
 
-use std::collections::{BTreeSet, HashMap};
+pub mod lease;
+pub mod policy;
+
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{GatewayError, UnixMillis};
 
-/// Bytes charged per entry on top of key and value (metadata, index and list links).
+/// Bytes charged per entry on top of key, value and tags (metadata, index and list links).
 pub const ENTRY_OVERHEAD: u64 = 64;
 
 const NIL: usize = usize::MAX;
@@ -26,12 +34,14 @@ pub enum EvictionCause {
     Capacity,
     /// The byte cap was reached.
     Bytes,
-    /// Its TTL passed.
+    /// Its TTL and stale windows passed.
     Expired,
     /// It was replaced by a newer value for the same key.
     Replaced,
     /// It was deleted explicitly.
     Deleted,
+    /// A purge by tag removed it.
+    Purged,
 }
 
 /// A removed entry.
@@ -43,61 +53,143 @@ pub struct Removed {
     pub cause: EvictionCause,
 }
 
+/// An entry's metadata (persisted next to its value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// When it was stored.
+    pub stored_at: UnixMillis,
+    /// Fresh until this instant.
+    pub expires_at: UnixMillis,
+    /// Served stale (while one caller revalidates) this long after `expires_at`.
+    pub stale_while_revalidate_ms: u64,
+    /// Usable this long after `expires_at` when the origin fails.
+    pub stale_if_error_ms: u64,
+    /// A remembered "not found".
+    pub negative: bool,
+    /// Tags for purging.
+    pub tags: Vec<String>,
+}
+
+impl EntryMeta {
+    fn after(&self, ms: u64) -> UnixMillis {
+        self.expires_at
+            .plus_ms(i64::try_from(ms).unwrap_or(i64::MAX))
+    }
+
+    /// End of the stale-while-revalidate window.
+    pub fn stale_until(&self) -> UnixMillis {
+        self.after(self.stale_while_revalidate_ms)
+    }
+
+    /// End of the stale-if-error window.
+    pub fn error_until(&self) -> UnixMillis {
+        self.after(self.stale_if_error_ms)
+    }
+
+    /// When the entry can be removed: no window uses it any more.
+    pub fn evict_at(&self) -> UnixMillis {
+        self.stale_until().max(self.error_until())
+    }
+}
+
+/// How to store an entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Time to live (fresh).
+    pub ttl_ms: u64,
+    /// Stale-while-revalidate window.
+    pub stale_while_revalidate_ms: u64,
+    /// Stale-if-error window.
+    pub stale_if_error_ms: u64,
+    /// A negative entry.
+    pub negative: bool,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
 /// The result of a lookup.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'a, V> {
     /// A fresh entry.
-    Hit {
+    Fresh {
         /// The value.
         value: &'a V,
+        /// Its metadata.
+        meta: &'a EntryMeta,
         /// Milliseconds since it was stored.
         age_ms: u64,
-        /// Milliseconds until it expires.
+        /// Milliseconds until it goes stale.
         ttl_left_ms: u64,
+    },
+    /// Past its TTL, inside its stale-while-revalidate window: serve it and refresh it.
+    Stale {
+        /// The value.
+        value: &'a V,
+        /// Its metadata.
+        meta: &'a EntryMeta,
+        /// Milliseconds since it was stored.
+        age_ms: u64,
+    },
+    /// Past its TTL, inside its stale-if-error window (only when the caller allowed it).
+    StaleIfError {
+        /// The value.
+        value: &'a V,
+        /// Its metadata.
+        meta: &'a EntryMeta,
+        /// Milliseconds since it was stored.
+        age_ms: u64,
     },
     /// No entry.
     Miss,
-    /// There was an entry but its TTL had passed; it has been removed.
+    /// There is an entry but nothing the caller may use now.
     Expired,
 }
 
-/// Counters since the cache was built (in-memory; the adapter persists what must survive).
+/// Counters since the cache was built (the adapter persists what must survive).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheCounters {
     /// Fresh hits.
     pub hits: u64,
+    /// Stale hits (stale-while-revalidate and stale-if-error).
+    pub stale_hits: u64,
     /// Misses, including expired lookups.
     pub misses: u64,
     /// Evictions because of the entry cap.
     pub evicted_capacity: u64,
     /// Evictions because of the byte cap.
     pub evicted_bytes: u64,
-    /// Entries removed because their TTL passed.
+    /// Entries removed because every window passed.
     pub expired: u64,
+    /// Entries removed by purges.
+    pub purged: u64,
 }
 
 struct Slot<V> {
     key: String,
     value: Option<V>,
+    meta: EntryMeta,
     weight: u64,
-    stored_at: UnixMillis,
-    expires_at: UnixMillis,
     prev: usize,
     next: usize,
 }
 
-/// An LRU cache with TTL, bounded by entries and bytes. See the module docs.
+/// An LRU cache with TTL and stale windows, bounded by entries and bytes. See the module docs.
 pub struct LruTtlCache<V> {
     index: HashMap<String, usize>,
     slots: Vec<Slot<V>>,
     free: Vec<usize>,
     head: usize,
     tail: usize,
-    expiries: BTreeSet<(UnixMillis, usize)>,
+    tags: HashMap<String, HashSet<usize>>,
+    earliest_evict: Option<UnixMillis>,
     max_entries: usize,
     max_bytes: u64,
     bytes: u64,
     counters: CacheCounters,
+}
+
+fn ms_between(later: UnixMillis, earlier: UnixMillis) -> u64 {
+    u64::try_from(later.since(earlier)).unwrap_or(0)
 }
 
 impl<V> LruTtlCache<V> {
@@ -109,7 +201,8 @@ impl<V> LruTtlCache<V> {
             free: Vec::new(),
             head: NIL,
             tail: NIL,
-            expiries: BTreeSet::new(),
+            tags: HashMap::new(),
+            earliest_evict: None,
             max_entries: max_entries.max(1),
             max_bytes,
             bytes: 0,
@@ -137,73 +230,119 @@ impl<V> LruTtlCache<V> {
         self.counters
     }
 
-    /// The weight an entry with this key and value size is charged.
-    pub fn weight_of(key: &str, value_len: u64) -> u64 {
-        key.len() as u64 + value_len + ENTRY_OVERHEAD
+    /// The weight of an entry.
+    pub fn weight_of(key: &str, value_len: u64, tags: &[String]) -> u64 {
+        key.len() as u64
+            + value_len
+            + tags.iter().map(|t| t.len() as u64 + 1).sum::<u64>()
+            + ENTRY_OVERHEAD
     }
 
-    /// Looks `key` up at `now`, refreshing its recency on a hit.
-    pub fn get(&mut self, key: &str, now: UnixMillis) -> Lookup<'_, V> {
+    /// Looks `key` up at `now`, refreshing its recency when something usable is returned.
+    /// `allow_stale_if_error`: the caller's origin failed, so the stale-if-error window applies.
+    pub fn get(&mut self, key: &str, now: UnixMillis, allow_stale_if_error: bool) -> Lookup<'_, V> {
         let Some(&slot) = self.index.get(key) else {
             self.counters.misses += 1;
             return Lookup::Miss;
         };
-        if self.slots[slot].expires_at <= now {
-            self.remove_slot(slot);
-            self.counters.misses += 1;
-            self.counters.expired += 1;
-            return Lookup::Expired;
+        let meta = &self.slots[slot].meta;
+        enum State {
+            Fresh,
+            Stale,
+            StaleIfError,
+            Unusable,
+            Gone,
+        }
+        let state = if now < meta.expires_at {
+            State::Fresh
+        } else if now < meta.stale_until() {
+            State::Stale
+        } else if allow_stale_if_error && now < meta.error_until() {
+            State::StaleIfError
+        } else if now < meta.evict_at() {
+            State::Unusable
+        } else {
+            State::Gone
+        };
+        match state {
+            State::Gone => {
+                self.remove_slot(slot);
+                self.counters.misses += 1;
+                self.counters.expired += 1;
+                return Lookup::Expired;
+            }
+            State::Unusable => {
+                self.counters.misses += 1;
+                return Lookup::Expired;
+            }
+            State::Fresh => self.counters.hits += 1,
+            State::Stale | State::StaleIfError => self.counters.stale_hits += 1,
         }
         self.detach(slot);
         self.push_front(slot);
-        self.counters.hits += 1;
         let s = &self.slots[slot];
-        match &s.value {
-            Some(value) => Lookup::Hit {
+        let Some(value) = &s.value else {
+            return Lookup::Miss;
+        };
+        let age_ms = ms_between(now, s.meta.stored_at);
+        match state {
+            State::Fresh => Lookup::Fresh {
                 value,
-                age_ms: u64::try_from(now.since(s.stored_at)).unwrap_or(0),
-                ttl_left_ms: u64::try_from(s.expires_at.since(now)).unwrap_or(0),
+                meta: &s.meta,
+                age_ms,
+                ttl_left_ms: ms_between(s.meta.expires_at, now),
             },
-            None => Lookup::Miss,
+            State::Stale => Lookup::Stale {
+                value,
+                meta: &s.meta,
+                age_ms,
+            },
+            _ => Lookup::StaleIfError {
+                value,
+                meta: &s.meta,
+                age_ms,
+            },
         }
     }
 
-    /// Whether `key` is present and fresh, without touching recency or counters.
-    pub fn contains_fresh(&self, key: &str, now: UnixMillis) -> bool {
-        self.index
-            .get(key)
-            .is_some_and(|&s| self.slots[s].expires_at > now)
-    }
-
-    /// Stores `value` (of `value_len` bytes) under `key` for `ttl_ms`, evicting least recently
-    /// used entries until both caps hold. An entry heavier than the byte cap is refused.
+    /// Stores `value` (of `value_len` bytes) under `key` at `now`, evicting least recently used
+    /// entries until both caps hold. An entry heavier than the byte cap is refused (413).
     pub fn put(
         &mut self,
         key: String,
         value: V,
         value_len: u64,
-        ttl_ms: u64,
+        opts: PutOptions,
         now: UnixMillis,
     ) -> Result<Vec<Removed>, GatewayError> {
-        let expires_at = now.plus_ms(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
-        self.insert_at(key, value, value_len, now, expires_at)
+        let meta = EntryMeta {
+            stored_at: now,
+            expires_at: now.plus_ms(i64::try_from(opts.ttl_ms).unwrap_or(i64::MAX)),
+            stale_while_revalidate_ms: opts.stale_while_revalidate_ms,
+            stale_if_error_ms: opts.stale_if_error_ms,
+            negative: opts.negative,
+            tags: opts.tags,
+        };
+        self.insert_at(key, value, value_len, meta)
     }
 
-    /// Inserts an entry with explicit timestamps (used to rebuild from storage: insert in
+    /// Inserts an entry with explicit metadata (used to rebuild from storage: insert in
     /// least-recent-first order and the recency order is restored).
     pub fn insert_at(
         &mut self,
         key: String,
         value: V,
         value_len: u64,
-        stored_at: UnixMillis,
-        expires_at: UnixMillis,
+        meta: EntryMeta,
     ) -> Result<Vec<Removed>, GatewayError> {
-        let weight = Self::weight_of(&key, value_len);
+        let weight = Self::weight_of(&key, value_len, &meta.tags);
         if weight > self.max_bytes {
             return Err(GatewayError::PayloadTooLarge {
-                limit: usize::try_from(self.max_bytes.saturating_sub(ENTRY_OVERHEAD))
-                    .unwrap_or(usize::MAX),
+                limit: usize::try_from(
+                    self.max_bytes
+                        .saturating_sub(ENTRY_OVERHEAD + key.len() as u64),
+                )
+                .unwrap_or(usize::MAX),
             });
         }
         let mut removed = Vec::new();
@@ -229,12 +368,14 @@ impl<V> LruTtlCache<V> {
             let key = self.remove_slot(victim);
             removed.push(Removed { key, cause });
         }
+        let evict_at = meta.evict_at();
+        self.earliest_evict = Some(self.earliest_evict.map_or(evict_at, |e| e.min(evict_at)));
+        let tags = meta.tags.clone();
         let slot = Slot {
             key: key.clone(),
             value: Some(value),
+            meta,
             weight,
-            stored_at,
-            expires_at,
             prev: NIL,
             next: NIL,
         };
@@ -250,9 +391,16 @@ impl<V> LruTtlCache<V> {
         };
         self.push_front(idx);
         self.index.insert(key, idx);
-        self.expiries.insert((expires_at, idx));
+        for t in tags {
+            self.tags.entry(t).or_default().insert(idx);
+        }
         self.bytes += weight;
         Ok(removed)
+    }
+
+    /// Whether an entry (usable or not) is held for `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.index.contains_key(key)
     }
 
     /// Removes `key`. Returns whether it was present.
@@ -266,25 +414,52 @@ impl<V> LruTtlCache<V> {
         }
     }
 
-    /// The earliest expiry among the entries: when the expiry sweep should next run.
-    pub fn next_deadline(&self) -> Option<UnixMillis> {
-        self.expiries.first().map(|(t, _)| *t)
+    /// Removes every entry carrying any of `tags`.
+    pub fn purge_tags(&mut self, tags: &[String]) -> Vec<Removed> {
+        let mut slots: Vec<usize> = tags
+            .iter()
+            .filter_map(|t| self.tags.get(t))
+            .flat_map(|s| s.iter().copied())
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let removed: Vec<Removed> = slots
+            .into_iter()
+            .map(|s| Removed {
+                key: self.remove_slot(s),
+                cause: EvictionCause::Purged,
+            })
+            .collect();
+        self.counters.purged += removed.len() as u64;
+        removed
     }
 
-    /// Removes every entry whose TTL has passed at `now`; returns their keys.
+    /// When the expiry sweep should next run (may be early, never late).
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        self.earliest_evict
+    }
+
+    /// Removes every entry no window uses any more at `now`; returns their keys.
     pub fn on_alarm(&mut self, now: UnixMillis) -> Vec<Removed> {
-        let mut removed = Vec::new();
-        while let Some(&(t, slot)) = self.expiries.first() {
-            if t > now {
-                break;
-            }
-            let key = self.remove_slot(slot);
-            self.counters.expired += 1;
-            removed.push(Removed {
-                key,
+        let expired: Vec<usize> = self
+            .index
+            .values()
+            .copied()
+            .filter(|&s| self.slots[s].meta.evict_at() <= now)
+            .collect();
+        let removed: Vec<Removed> = expired
+            .into_iter()
+            .map(|s| Removed {
+                key: self.remove_slot(s),
                 cause: EvictionCause::Expired,
-            });
-        }
+            })
+            .collect();
+        self.counters.expired += removed.len() as u64;
+        self.earliest_evict = self
+            .index
+            .values()
+            .map(|&s| self.slots[s].meta.evict_at())
+            .min();
         removed
     }
 
@@ -304,8 +479,16 @@ impl<V> LruTtlCache<V> {
         let s = &mut self.slots[slot];
         let key = std::mem::take(&mut s.key);
         s.value = None;
+        let tags = std::mem::take(&mut s.meta.tags);
         self.bytes -= s.weight;
-        self.expiries.remove(&(s.expires_at, slot));
+        for t in tags {
+            if let Some(set) = self.tags.get_mut(&t) {
+                set.remove(&slot);
+                if set.is_empty() {
+                    self.tags.remove(&t);
+                }
+            }
+        }
         self.index.remove(&key);
         self.free.push(slot);
         key
@@ -348,13 +531,23 @@ mod tests {
         UnixMillis(ms)
     }
 
+    fn ttl(ms: u64) -> PutOptions {
+        PutOptions {
+            ttl_ms: ms,
+            ..PutOptions::default()
+        }
+    }
+
     #[test]
     fn evicts_least_recently_used_first() {
         let mut c = LruTtlCache::new(2, 1 << 20);
-        c.put("a".into(), 1, 1, 1000, t(0)).unwrap();
-        c.put("b".into(), 2, 1, 1000, t(0)).unwrap();
-        assert!(matches!(c.get("a", t(1)), Lookup::Hit { value: 1, .. }));
-        let removed = c.put("c".into(), 3, 1, 1000, t(2)).unwrap();
+        c.put("a".into(), 1, 1, ttl(1000), t(0)).unwrap();
+        c.put("b".into(), 2, 1, ttl(1000), t(0)).unwrap();
+        assert!(matches!(
+            c.get("a", t(1), false),
+            Lookup::Fresh { value: 1, .. }
+        ));
+        let removed = c.put("c".into(), 3, 1, ttl(1000), t(2)).unwrap();
         assert_eq!(
             removed,
             vec![Removed {
@@ -367,33 +560,33 @@ mod tests {
 
     #[test]
     fn byte_cap_holds_and_oversize_entries_are_refused() {
-        let cap = 3 * LruTtlCache::<()>::weight_of("k0", 10);
+        let cap = 3 * LruTtlCache::<()>::weight_of("k0", 10, &[]);
         let mut c = LruTtlCache::new(100, cap);
         for i in 0..10 {
-            c.put(format!("k{i}"), (), 10, 1000, t(0)).unwrap();
+            c.put(format!("k{i}"), (), 10, ttl(1000), t(0)).unwrap();
             assert!(c.bytes() <= cap);
         }
         assert_eq!(c.len(), 3);
         assert_eq!(c.counters().evicted_bytes, 7);
-        assert!(c.put("big".into(), (), cap, 1000, t(0)).is_err());
+        assert!(c.put("big".into(), (), cap, ttl(1000), t(0)).is_err());
         assert_eq!(c.len(), 3, "a refused put evicts nothing");
     }
 
     #[test]
     fn expires_at_ttl_and_alarm_sweeps() {
         let mut c = LruTtlCache::new(10, 1 << 20);
-        c.put("a".into(), 1, 1, 100, t(0)).unwrap();
-        c.put("b".into(), 2, 1, 200, t(0)).unwrap();
+        c.put("a".into(), 1, 1, ttl(100), t(0)).unwrap();
+        c.put("b".into(), 2, 1, ttl(200), t(0)).unwrap();
         assert_eq!(c.next_deadline(), Some(t(100)));
         assert!(matches!(
-            c.get("a", t(99)),
-            Lookup::Hit {
+            c.get("a", t(99), false),
+            Lookup::Fresh {
                 age_ms: 99,
                 ttl_left_ms: 1,
                 ..
             }
         ));
-        assert_eq!(c.get("a", t(100)), Lookup::Expired);
+        assert_eq!(c.get("a", t(100), false), Lookup::Expired);
         let swept = c.on_alarm(t(200));
         assert_eq!(
             swept,
@@ -408,13 +601,70 @@ mod tests {
     }
 
     #[test]
+    fn stale_windows_serve_stale_then_only_on_error_then_nothing() {
+        let mut c = LruTtlCache::new(10, 1 << 20);
+        let opts = PutOptions {
+            ttl_ms: 100,
+            stale_while_revalidate_ms: 50,
+            stale_if_error_ms: 500,
+            ..PutOptions::default()
+        };
+        c.put("a".into(), 7, 1, opts, t(0)).unwrap();
+        assert!(matches!(
+            c.get("a", t(120), false),
+            Lookup::Stale {
+                value: 7,
+                age_ms: 120,
+                ..
+            }
+        ));
+        assert_eq!(
+            c.get("a", t(200), false),
+            Lookup::Expired,
+            "past SWR, origin fine: unusable"
+        );
+        assert!(matches!(
+            c.get("a", t(200), true),
+            Lookup::StaleIfError { value: 7, .. }
+        ));
+        assert_eq!(c.next_deadline(), Some(t(600)));
+        assert!(c.on_alarm(t(599)).is_empty());
+        assert_eq!(c.on_alarm(t(600)).len(), 1);
+        assert_eq!(c.counters().stale_hits, 2);
+    }
+
+    #[test]
+    fn purge_by_tag_removes_exactly_the_tagged_entries() {
+        let mut c = LruTtlCache::new(10, 1 << 20);
+        let tagged = |tags: &[&str]| PutOptions {
+            ttl_ms: 1000,
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            ..PutOptions::default()
+        };
+        c.put("a".into(), 1, 1, tagged(&["x"]), t(0)).unwrap();
+        c.put("b".into(), 2, 1, tagged(&["x", "y"]), t(0)).unwrap();
+        c.put("c".into(), 3, 1, tagged(&["y"]), t(0)).unwrap();
+        c.put("d".into(), 4, 1, tagged(&[]), t(0)).unwrap();
+        let mut purged: Vec<String> = c
+            .purge_tags(&["x".into()])
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        purged.sort();
+        assert_eq!(purged, vec!["a", "b"]);
+        assert_eq!(c.keys_lru_first(), vec!["c", "d"]);
+        assert_eq!(c.purge_tags(&["x".into()]).len(), 0);
+        assert_eq!(c.purge_tags(&["y".into(), "nope".into()]).len(), 1);
+    }
+
+    #[test]
     fn replacing_a_key_keeps_one_entry() {
         let mut c = LruTtlCache::new(10, 1 << 20);
-        c.put("a".into(), 1, 5, 100, t(0)).unwrap();
-        let r = c.put("a".into(), 2, 7, 100, t(1)).unwrap();
+        c.put("a".into(), 1, 5, ttl(100), t(0)).unwrap();
+        let r = c.put("a".into(), 2, 7, ttl(100), t(1)).unwrap();
         assert_eq!(r[0].cause, EvictionCause::Replaced);
         assert_eq!(c.len(), 1);
-        assert_eq!(c.bytes(), LruTtlCache::<u8>::weight_of("a", 7));
+        assert_eq!(c.bytes(), LruTtlCache::<u8>::weight_of("a", 7, &[]));
     }
 }
 

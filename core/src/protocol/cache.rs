@@ -5,6 +5,21 @@ use serde::{Deserialize, Serialize};
 use super::ObjectStats;
 use crate::cache::CacheCounters;
 
+/// How to store an entry (mirrors `cache::PutOptions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutSpec {
+    /// Fresh time.
+    pub ttl_ms: u64,
+    /// Stale-while-revalidate window.
+    pub stale_while_revalidate_ms: u64,
+    /// Stale-if-error window.
+    pub stale_if_error_ms: u64,
+    /// A negative entry.
+    pub negative: bool,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
 /// A request to a cache shard. Keys are `"{namespace}/{key}"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -12,8 +27,14 @@ pub enum Request {
     Get {
         /// Full key.
         key: String,
+        /// The caller's origin failed: the stale-if-error window applies.
+        allow_stale_if_error: bool,
+        /// Ask for a fill lease of this length on a miss or stale hit.
+        lease_ms: Option<u64>,
+        /// When another caller holds the lease, wait up to this long for its fill.
+        wait_ms: u64,
     },
-    /// Store a value.
+    /// Store a value (releases the key's lease and wakes its waiters).
     Put {
         /// Full key.
         key: String,
@@ -21,13 +42,18 @@ pub enum Request {
         value: Vec<u8>,
         /// `Content-Type` to answer with.
         content_type: Option<String>,
-        /// Time to live.
-        ttl_ms: u64,
+        /// TTL, windows, negative flag, tags.
+        spec: PutSpec,
     },
     /// Remove a key.
     Delete {
         /// Full key.
         key: String,
+    },
+    /// Remove every entry with any of these tags.
+    Purge {
+        /// Tags.
+        tags: Vec<String>,
     },
     /// Shard statistics.
     Stats,
@@ -44,32 +70,56 @@ pub struct Stats {
     pub max_entries: u64,
     /// Byte cap.
     pub max_bytes: u64,
-    /// Counters since the object started.
+    /// Counters since the object started (in memory).
     pub counters: CacheCounters,
     /// Entries the expiry sweep removed (persisted).
     pub swept: u64,
+    /// Fill leases granted (in memory).
+    pub leases_granted: u64,
+    /// Callers that waited for another caller's fill (in memory).
+    pub coalesced: u64,
     /// Alarm and schema bookkeeping.
     pub object: ObjectStats,
+}
+
+/// A cached value as returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cached {
+    /// The bytes.
+    pub value: Vec<u8>,
+    /// Stored content type.
+    pub content_type: Option<String>,
+    /// Age in ms.
+    pub age_ms: u64,
+    /// Time to live left in ms (0 when stale).
+    pub ttl_left_ms: u64,
+    /// A negative entry.
+    pub negative: bool,
 }
 
 /// A reply from a cache shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// A fresh entry.
-    Hit {
-        /// The bytes.
-        value: Vec<u8>,
-        /// Stored content type.
-        content_type: Option<String>,
-        /// Age in ms.
-        age_ms: u64,
-        /// Time to live left in ms.
-        ttl_left_ms: u64,
+    Hit(Cached),
+    /// A stale entry (inside stale-while-revalidate, or stale-if-error when allowed).
+    Stale {
+        /// The entry.
+        cached: Cached,
+        /// Served under stale-if-error.
+        if_error: bool,
+        /// A lease token when this caller should refresh it.
+        lease: Option<u64>,
     },
-    /// Nothing stored.
-    Miss,
-    /// An entry existed but had expired (now removed).
-    Expired,
+    /// Nothing usable.
+    Miss {
+        /// There was an entry, past every usable window.
+        expired: bool,
+        /// A lease token when this caller should fill it.
+        lease: Option<u64>,
+        /// This caller waited for another caller's fill, which did not arrive in time.
+        waited: bool,
+    },
     /// Stored.
     Stored {
         /// Entries evicted to make room.
@@ -79,6 +129,11 @@ pub enum Response {
     Deleted {
         /// Whether it existed.
         existed: bool,
+    },
+    /// Purged.
+    Purged {
+        /// Entries removed.
+        removed: u32,
     },
     /// Shard statistics.
     Stats(Stats),
