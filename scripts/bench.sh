@@ -17,7 +17,7 @@ mkdir -p "$OUT" "$STATE"
 rm -f "$OUT"/*.txt
 
 echo "==> native: criterion, gateway-core against peer crates in the same run"
-cargo bench -q -p gateway-core --bench '*' -- --output-format bencher 2>/dev/null | grep '^test ' > "$OUT/native.txt" || true
+cargo bench -q -p gateway-core --bench '*' -- --output-format bencher 2>/dev/null | grep -E '^(test|hit_ratio) ' > "$OUT/native.txt" || true
 
 command -v wrk >/dev/null || { echo "wrk is missing: run scripts/setup.sh bench" >&2; exit 1; }
 [ -f build/index.js ] || bash scripts/build.sh

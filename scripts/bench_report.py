@@ -62,8 +62,15 @@ if os.path.exists(native):
             if peer == "gateway_core" or not ours:
                 continue
             native_rows.append(f"| {group} | {ours[0]} ± {ours[1]} | {peer} {ns} ± {dev} | {ours[0] / ns:.2f} |")
+hit_lines = []
+if os.path.exists(native):
+    for line in open(native):
+        if line.startswith("hit_ratio "):
+            f = dict(kv.split("=") for kv in line.split()[2:])
+            hit_lines.append(f"| Zipf(1.0) over {int(f['universe']):,} keys, {int(f['requests']):,} requests, capacity {int(f['capacity']):,} | {float(f['gateway_core']):.4f} | {float(f['lru']):.4f} |")
+hit_table = ("\n\n| hit ratio (miss then fill) | gateway-core | lru |\n|---|---:|---:|\n" + "\n".join(hit_lines)) if hit_lines else ""
 native_table = ("\n\n| native bench | gateway-core ns/op | peer ns/op | ratio (lower is better) |\n|---|---:|---:|---:|\n"
-                + "\n".join(native_rows)) if native_rows else ""
+                + "\n".join(native_rows)) + hit_table if native_rows else ""
 
 size = "not measured (run `make test` first)"
 log = "target/deploy-dry-run.log"

@@ -2,7 +2,9 @@
 //! entries and tags, bounded by entry count AND total bytes.
 //!
 //! Entries live in a slab (`Vec`) threaded by an intrusive doubly linked list (most recent at the
-//! head) and indexed by a `HashMap`; a tag index maps each tag to its entries. An entry's weight
+//! head) and indexed by a `hashbrown::HashTable` of slot numbers hashed by the slot's key (so each
+//! key is stored once) with hashbrown's default, randomly seeded foldhash; a tag index maps each
+//! tag to its entries. An entry's weight
 //! is `key + value + tag bytes + ENTRY_OVERHEAD`.
 //!
 //! An entry is **fresh** until `expires_at`; then **stale** for `stale_while_revalidate_ms`
@@ -17,6 +19,9 @@ pub mod lease;
 pub mod policy;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use serde::{Deserialize, Serialize};
 
@@ -175,7 +180,8 @@ struct Slot<V> {
 
 /// An LRU cache with TTL and stale windows, bounded by entries and bytes. See the module docs.
 pub struct LruTtlCache<V> {
-    index: HashMap<String, usize>,
+    index: HashTable<usize>,
+    hasher: DefaultHashBuilder,
     slots: Vec<Slot<V>>,
     free: Vec<usize>,
     head: usize,
@@ -196,7 +202,8 @@ impl<V> LruTtlCache<V> {
     /// An empty cache holding at most `max_entries` entries and `max_bytes` bytes.
     pub fn new(max_entries: usize, max_bytes: u64) -> Self {
         LruTtlCache {
-            index: HashMap::new(),
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             slots: Vec::new(),
             free: Vec::new(),
             head: NIL,
@@ -241,10 +248,26 @@ impl<V> LruTtlCache<V> {
     /// Looks `key` up at `now`, refreshing its recency when something usable is returned.
     /// `allow_stale_if_error`: the caller's origin failed, so the stale-if-error window applies.
     pub fn get(&mut self, key: &str, now: UnixMillis, allow_stale_if_error: bool) -> Lookup<'_, V> {
-        let Some(&slot) = self.index.get(key) else {
+        let Some(slot) = self.find(key) else {
             self.counters.misses += 1;
             return Lookup::Miss;
         };
+        // Fast path: fresh.
+        if now < self.slots[slot].meta.expires_at {
+            self.counters.hits += 1;
+            self.detach(slot);
+            self.push_front(slot);
+            let s = &self.slots[slot];
+            return match &s.value {
+                Some(value) => Lookup::Fresh {
+                    value,
+                    meta: &s.meta,
+                    age_ms: ms_between(now, s.meta.stored_at),
+                    ttl_left_ms: ms_between(s.meta.expires_at, now),
+                },
+                None => Lookup::Miss,
+            };
+        }
         let meta = &self.slots[slot].meta;
         enum State {
             Fresh,
@@ -346,7 +369,8 @@ impl<V> LruTtlCache<V> {
             });
         }
         let mut removed = Vec::new();
-        if let Some(&old) = self.index.get(&key) {
+        let hash = self.hasher.hash_one(key.as_str());
+        if let Some(old) = self.find_hashed(hash, &key) {
             self.remove_slot(old);
             removed.push(Removed {
                 key: key.clone(),
@@ -372,7 +396,7 @@ impl<V> LruTtlCache<V> {
         self.earliest_evict = Some(self.earliest_evict.map_or(evict_at, |e| e.min(evict_at)));
         let tags = meta.tags.clone();
         let slot = Slot {
-            key: key.clone(),
+            key,
             value: Some(value),
             meta,
             weight,
@@ -390,7 +414,9 @@ impl<V> LruTtlCache<V> {
             }
         };
         self.push_front(idx);
-        self.index.insert(key, idx);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index
+            .insert_unique(hash, idx, |&i| hasher.hash_one(slots[i].key.as_str()));
         for t in tags {
             self.tags.entry(t).or_default().insert(idx);
         }
@@ -400,13 +426,13 @@ impl<V> LruTtlCache<V> {
 
     /// Whether an entry (usable or not) is held for `key`.
     pub fn contains(&self, key: &str) -> bool {
-        self.index.contains_key(key)
+        self.find(key).is_some()
     }
 
     /// Removes `key`. Returns whether it was present.
     pub fn delete(&mut self, key: &str) -> bool {
-        match self.index.get(key) {
-            Some(&slot) => {
+        match self.find(key) {
+            Some(slot) => {
                 self.remove_slot(slot);
                 true
             }
@@ -443,7 +469,7 @@ impl<V> LruTtlCache<V> {
     pub fn on_alarm(&mut self, now: UnixMillis) -> Vec<Removed> {
         let expired: Vec<usize> = self
             .index
-            .values()
+            .iter()
             .copied()
             .filter(|&s| self.slots[s].meta.evict_at() <= now)
             .collect();
@@ -457,7 +483,7 @@ impl<V> LruTtlCache<V> {
         self.counters.expired += removed.len() as u64;
         self.earliest_evict = self
             .index
-            .values()
+            .iter()
             .map(|&s| self.slots[s].meta.evict_at())
             .min();
         removed
@@ -489,9 +515,22 @@ impl<V> LruTtlCache<V> {
                 }
             }
         }
-        self.index.remove(&key);
+        let hash = self.hasher.hash_one(key.as_str());
+        if let Ok(entry) = self.index.find_entry(hash, |&i| i == slot) {
+            entry.remove();
+        }
         self.free.push(slot);
         key
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        self.find_hashed(self.hasher.hash_one(key), key)
+    }
+
+    fn find_hashed(&self, hash: u64, key: &str) -> Option<usize> {
+        self.index
+            .find(hash, |&i| self.slots[i].key == key)
+            .copied()
     }
 
     fn detach(&mut self, slot: usize) {
