@@ -197,7 +197,11 @@ mod tests {
         let p1 = cache_key("t1", "POST", "/v1/chat", &[], &[], b"{\"q\":1}").unwrap();
         let p2 = cache_key("t1", "POST", "/v1/chat", &[], &[], b"{\"q\":2}").unwrap();
         assert_ne!(p1, p2);
-        assert!(p1.ends_with("|") == false && p1.len() > 64);
+        assert_eq!(
+            p1.rsplit('|').next().map(str::len),
+            Some(64),
+            "sha256 hex of the body"
+        );
         assert_eq!(cache_key("t1", "DELETE", "/x", &[], &[], b""), None);
         assert_eq!(normalise_path("/a/../../b/"), "/b");
     }
