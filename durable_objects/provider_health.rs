@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::{join_all, select, Either};
 use gateway_core::alarm::next_alarm;
-use gateway_core::balancer::{Balancer, EjectionPolicy, ProviderHealth, ProviderSpec};
+use gateway_core::balancer::{Balancer, EjectionPolicy, ProviderHealth, ProviderSpec, Strategy};
 use gateway_core::protocol::providers::{GroupStatus, ProviderStatus, Request, Response as Reply};
 use gateway_core::{GatewayError, UnixMillis};
 use worker::{
@@ -56,11 +56,30 @@ impl ProviderHealthDO {
         )
     }
 
+    fn stored_strategy(db: &Db) -> Result<Strategy, GatewayError> {
+        let text_value = db
+            .rows("SELECT value FROM _meta WHERE key = 'strategy'", vec![])?
+            .first()
+            .and_then(|r| r.first())
+            .and_then(text);
+        Ok(match text_value.as_deref() {
+            Some("least_latency") => Strategy::LeastLatency,
+            _ => Strategy::Weighted,
+        })
+    }
+
     fn build(db: &Db, specs: Vec<ProviderSpec>) -> Result<Balancer, GatewayError> {
-        let mut b = Balancer::new(specs, EjectionPolicy::default());
+        let mut b = Balancer::new(specs, EjectionPolicy::default())
+            .with_strategy(Self::stored_strategy(db)?);
         for row in db.rows("SELECT name, state FROM health", vec![])? {
             let name = text(col(&row, 0)?).unwrap_or_default();
-            b.restore_health(&name, decode_blob(col(&row, 1)?)?);
+            // Health written by an older layout is dropped rather than failing the group.
+            match decode_blob::<ProviderHealth>(col(&row, 1)?) {
+                Ok(h) => b.restore_health(&name, h),
+                Err(e) => worker::console_log!(
+                    "provider {name}: stored health unreadable ({e}); starting fresh"
+                ),
+            }
         }
         Ok(b)
     }
@@ -115,6 +134,7 @@ impl ProviderHealthDO {
             .collect();
         Ok(GroupStatus {
             group: group.clone(),
+            strategy: b.strategy(),
             providers,
             object: self.base.object_stats(db)?,
         })
@@ -123,9 +143,21 @@ impl ProviderHealthDO {
     fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
         let db = self.base.db(migrations::PROVIDER_HEALTH, now)?;
         match msg {
-            Request::Configure { group, providers } => {
+            Request::Configure {
+                group,
+                providers,
+                strategy,
+            } => {
                 gateway_core::balancer::validate_group(&providers)?;
                 Self::store_specs(&db, &providers)?;
+                let name = match strategy {
+                    Strategy::Weighted => "weighted",
+                    Strategy::LeastLatency => "least_latency",
+                };
+                db.exec(
+                    "INSERT INTO _meta (key, value) VALUES ('strategy', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    vec![name.into()],
+                )?;
                 db.exec(
                     "DELETE FROM health WHERE name NOT IN (SELECT name FROM providers)",
                     vec![],
@@ -138,16 +170,31 @@ impl ProviderHealthDO {
                 *self.balancer.borrow_mut() = Some((group, Self::build(&db, providers)?));
                 Ok((Reply::Configured { providers: n }, true))
             }
-            Request::Pick { group } => {
+            Request::Pick { group, exclude } => {
                 self.load(&db, Some(&group))?;
                 let mut guard = self.balancer.borrow_mut();
                 let (_, b) = guard
                     .as_mut()
                     .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
-                let pick = b
-                    .pick(now)
-                    .ok_or_else(|| GatewayError::Unavailable("empty group".into()))?;
+                let pick = b.pick_excluding(now, &exclude).ok_or_else(|| {
+                    GatewayError::Unavailable("every provider of the group was tried".into())
+                })?;
                 Ok((Reply::Picked(pick), true))
+            }
+            Request::ReportMany { group, outcomes } => {
+                self.load(&db, Some(&group))?;
+                let mut guard = self.balancer.borrow_mut();
+                let (_, b) = guard
+                    .as_mut()
+                    .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
+                for (provider, outcome) in outcomes {
+                    if let Some(i) = b.report(&provider, outcome, now) {
+                        if let Some(h) = b.health(i) {
+                            Self::persist_health(&db, &provider, h)?;
+                        }
+                    }
+                }
+                Ok((Reply::Reported, true))
             }
             Request::Report {
                 group,

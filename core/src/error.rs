@@ -50,6 +50,12 @@ pub enum GatewayError {
     /// An upstream or internal hop failed in a way the client may retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// Every upstream provider tried failed or answered an error (502).
+    #[error("{0}")]
+    BadGateway(String),
+    /// Every upstream provider tried timed out (504).
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// Stored state could not be decoded, or the platform failed: a bug or corruption.
     #[error("{0}")]
     Internal(String),
@@ -76,6 +82,8 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => 429,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::Unavailable(_) => 503,
+            GatewayError::BadGateway(_) => 502,
+            GatewayError::GatewayTimeout(_) => 504,
             GatewayError::Internal(_) => 500,
         }
     }
@@ -92,6 +100,8 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => "rate-limited",
             GatewayError::PayloadTooLarge { .. } => "payload-too-large",
             GatewayError::Unavailable(_) => "unavailable",
+            GatewayError::BadGateway(_) => "bad-gateway",
+            GatewayError::GatewayTimeout(_) => "gateway-timeout",
             GatewayError::Internal(_) => "internal",
         }
     }
@@ -108,6 +118,8 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => "Too many requests",
             GatewayError::PayloadTooLarge { .. } => "Payload too large",
             GatewayError::Unavailable(_) => "Service unavailable",
+            GatewayError::BadGateway(_) => "Bad gateway",
+            GatewayError::GatewayTimeout(_) => "Gateway timeout",
             GatewayError::Internal(_) => "Internal error",
         }
     }

@@ -86,6 +86,8 @@ mod tests {
             GatewayError::Conflict("x".into()),
             GatewayError::TooManyRequests("x".into()),
             GatewayError::Unavailable("x".into()),
+            GatewayError::BadGateway("x".into()),
+            GatewayError::GatewayTimeout("x".into()),
             GatewayError::Internal("x".into()),
         ];
         for e in all {

@@ -69,6 +69,13 @@ pub enum Route {
         /// Operation.
         op: CacheOp,
     },
+    /// `ANY /v1/proxy/{group}/{path...}`: the gateway's main job.
+    Proxy {
+        /// Provider group.
+        group: String,
+        /// The rest of the path, still percent-encoded, forwarded as is.
+        path: String,
+    },
     /// `POST /v1/cache/purge` (admin): purge by tags on every shard.
     CachePurge,
     /// `GET /v1/providers`.
@@ -185,6 +192,19 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
                 policy: name("policy", policy)?,
                 key: rest_key(rest)?,
                 op,
+            })
+        }
+        ["v1", "proxy", group, rest @ ..] => {
+            let path = rest.join("/");
+            if path.len() > 2048 || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                return Err(GatewayError::bad_request(
+                    "invalid-path",
+                    "proxied path is too long or has control characters",
+                ));
+            }
+            Ok(Route::Proxy {
+                group: name("group", group)?,
+                path,
             })
         }
         ["v1", "cache", "purge"] => {
@@ -332,6 +352,26 @@ mod tests {
         assert_eq!(
             route("POST", "/v1/providers/llm/pick").unwrap(),
             Route::ProviderPick("llm".into())
+        );
+        assert_eq!(
+            route("PATCH", "/v1/proxy/llm/v1/chat%2Fx/completions").unwrap(),
+            Route::Proxy {
+                group: "llm".into(),
+                path: "v1/chat%2Fx/completions".into()
+            }
+        );
+        assert_eq!(
+            route("GET", "/v1/proxy/llm/a%00b").unwrap().clone(),
+            Route::Proxy {
+                group: "llm".into(),
+                path: "a%00b".into()
+            }
+        );
+        assert_eq!(
+            route("GET", "/v1/proxy/bad%20group/x")
+                .unwrap_err()
+                .status(),
+            400
         );
         assert_eq!(
             route("PUT", "/v1/experiments/ttl").unwrap(),

@@ -5,6 +5,7 @@ pub mod events;
 pub mod experiments;
 pub mod health;
 pub mod providers;
+pub mod proxy;
 pub mod ratelimit;
 pub mod stats;
 
@@ -29,7 +30,6 @@ pub async fn dispatch(
     cfg: &Config,
     request_id: &str,
 ) -> AppResult<Response> {
-    let _ = ctx;
     match route {
         Route::Health => health::health(cfg),
         Route::Metrics => events::metrics(req, env, cfg).await,
@@ -43,6 +43,9 @@ pub async fn dispatch(
         Route::PolicyDelete(name) => ratelimit::delete_policy(env, cfg, &name).await,
         Route::Cache { namespace, key, op } => {
             cache::handle(req, env, cfg, request_id, &namespace, &key, op).await
+        }
+        Route::Proxy { group, path } => {
+            proxy::proxy(req, env, ctx, cfg, request_id, &group, &path).await
         }
         Route::CachePurge => cache::purge(req, env, cfg).await,
         Route::ProvidersList => providers::list(env, cfg).await,

@@ -1,7 +1,7 @@
 //! `/v1/providers`: live status, configuration (admin), pick and outcome reports.
 
 use futures::future::join_all;
-use gateway_core::balancer::{Outcome, ProviderSpec};
+use gateway_core::balancer::{Outcome, ProviderSpec, Strategy};
 use gateway_core::config::Config;
 use gateway_core::protocol::providers::{Request as PRequest, Response as PResponse};
 use gateway_core::GatewayError;
@@ -57,6 +57,8 @@ pub async fn status(env: &Env, group: &str) -> AppResult<Response> {
 #[serde(deny_unknown_fields)]
 struct ConfigureBody {
     providers: Vec<ProviderSpec>,
+    #[serde(default)]
+    strategy: Strategy,
 }
 
 /// `PUT /v1/providers/{group}` (admin): replaces the group's providers.
@@ -74,6 +76,7 @@ pub async fn configure(
         PRequest::Configure {
             group: group.into(),
             providers: body.providers,
+            strategy: body.strategy,
         },
     )
     .await?
@@ -93,6 +96,7 @@ pub async fn pick(env: &Env, group: &str) -> AppResult<Response> {
         group,
         PRequest::Pick {
             group: group.into(),
+            exclude: Vec::new(),
         },
     )
     .await?
@@ -108,6 +112,8 @@ struct ReportBody {
     provider: String,
     ok: bool,
     latency_ms: u32,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
 }
 
 /// `POST /v1/providers/{group}/report`: `{"provider":"a","ok":true,"latency_ms":12}`.
@@ -127,6 +133,7 @@ pub async fn report(mut req: Request, env: &Env, cfg: &Config, group: &str) -> A
         outcome: Outcome {
             ok: body.ok,
             latency_ms: body.latency_ms,
+            retry_after_ms: body.retry_after_ms,
         },
     };
     match send(env, group, msg).await? {

@@ -8,6 +8,7 @@ mod cache;
 mod experiments;
 mod front;
 mod providers;
+mod proxy;
 mod rate_limiter;
 
 use std::sync::OnceLock;

@@ -401,7 +401,7 @@ pub fn test_vars(upstream: &str) -> Vec<(&'static str, String)> {
         ("MAX_BODY_BYTES", "65536".into()),
         (
             "RATE_LIMIT_POLICIES",
-            r#"{"default":{"capacity":100,"refill":100,"period_ms":60000},"tight":{"capacity":5,"refill":1,"period_ms":3600000},"fast":{"capacity":2,"refill":10,"period_ms":1000}}"#.into(),
+            r#"{"default":{"capacity":100000,"refill":100000,"period_ms":60000},"tight":{"capacity":5,"refill":1,"period_ms":3600000},"fast":{"capacity":2,"refill":10,"period_ms":1000}}"#.into(),
         ),
         (
             "EXPERIMENTS",

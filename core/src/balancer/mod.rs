@@ -29,6 +29,17 @@ pub struct ProviderSpec {
     /// Path appended to `url` for active health probes.
     #[serde(default = "default_health_path")]
     pub health_path: String,
+    /// Per-attempt timeout of a proxied call, ms (100..=120000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Name of the secret (wrangler secret / `.dev.vars`) holding this provider's API key, sent
+    /// upstream as `Authorization: Bearer`. Only the name is stored or shown, never the value.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_weight() -> u32 {
@@ -59,6 +70,28 @@ impl ProviderSpec {
                 "invalid-provider",
                 format!("provider {}: weight must be 1..=1000", self.name),
             ));
+        }
+        if !(100..=120_000).contains(&self.timeout_ms) {
+            return Err(GatewayError::bad_request(
+                "invalid-provider",
+                format!("provider {}: timeout_ms must be 100..=120000", self.name),
+            ));
+        }
+        if let Some(secret) = &self.secret {
+            if secret.is_empty()
+                || secret.len() > 64
+                || !secret
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(GatewayError::bad_request(
+                    "invalid-provider",
+                    format!(
+                        "provider {}: secret must name a variable ([A-Z0-9_]{{1,64}})",
+                        self.name
+                    ),
+                ));
+            }
         }
         if !self.health_path.starts_with('/') || self.health_path.len() > 256 {
             return Err(GatewayError::bad_request(
@@ -113,13 +146,37 @@ pub struct ProviderHealth {
     pub last_probe_at: Option<UnixMillis>,
     /// Whether the last probe passed.
     pub last_probe_ok: Option<bool>,
+    /// Cooling down after a 429 until this instant (from its `Retry-After`).
+    pub cooldown_until: Option<UnixMillis>,
+    /// 429 answers received.
+    pub rate_limited: u64,
 }
 
 impl ProviderHealth {
-    /// Whether it is in rotation at `now`.
+    /// Whether it is in rotation at `now`: not ejected and not cooling down.
     pub fn is_healthy(&self, now: UnixMillis) -> bool {
-        self.ejected_until.is_none_or(|t| t <= now)
+        self.ejected_until.is_none_or(|t| t <= now) && self.cooldown_until.is_none_or(|t| t <= now)
     }
+
+    /// When it comes back into rotation (the later of ejection and cooldown), if it is out.
+    pub fn back_at(&self, now: UnixMillis) -> Option<UnixMillis> {
+        [self.ejected_until, self.cooldown_until]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .max()
+    }
+}
+
+/// How a group chooses among its healthy providers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Smooth weighted round robin (exact split over every `sum(weights)` picks).
+    #[default]
+    Weighted,
+    /// The healthy provider with the lowest latency EWMA (providers without data first).
+    LeastLatency,
 }
 
 /// Passive-health thresholds.
@@ -147,6 +204,8 @@ pub struct Outcome {
     pub ok: bool,
     /// Observed latency.
     pub latency_ms: u32,
+    /// The provider answered 429: cool it down this long (its `Retry-After`), not a failure.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// The provider chosen for a request.
@@ -158,6 +217,23 @@ pub struct Pick {
     pub url: String,
     /// True when every provider was ejected and this is the least-bad one.
     pub panic: bool,
+    /// The provider's per-attempt timeout.
+    pub timeout_ms: u64,
+    /// Name of the secret with its API key (never the value).
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+impl Pick {
+    fn of(s: &ProviderSpec, panic: bool) -> Pick {
+        Pick {
+            name: s.name.clone(),
+            url: s.url.clone(),
+            panic,
+            timeout_ms: s.timeout_ms,
+            secret: s.secret.clone(),
+        }
+    }
 }
 
 /// A provider group's balancer. See the module docs.
@@ -167,6 +243,7 @@ pub struct Balancer {
     health: Vec<ProviderHealth>,
     scores: Vec<i64>,
     policy: EjectionPolicy,
+    strategy: Strategy,
 }
 
 impl Balancer {
@@ -178,7 +255,19 @@ impl Balancer {
             health: vec![ProviderHealth::default(); n],
             scores: vec![0; n],
             policy,
+            strategy: Strategy::default(),
         }
+    }
+
+    /// Sets the strategy.
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
     }
 
     /// Replaces the health of the provider named `name` (when loading from storage).
@@ -205,42 +294,75 @@ impl Balancer {
 
     /// Picks a provider at `now`; `None` only for an empty group.
     pub fn pick(&mut self, now: UnixMillis) -> Option<Pick> {
-        let healthy: Vec<usize> = (0..self.specs.len())
+        self.pick_excluding(now, &[])
+    }
+
+    /// Picks a provider not in `exclude` (the ones a request already tried). When no healthy
+    /// provider is left, the least-bad one not excluded (the one back soonest) is returned with
+    /// `panic: true`; `None` when every provider is excluded.
+    pub fn pick_excluding(&mut self, now: UnixMillis, exclude: &[String]) -> Option<Pick> {
+        let candidates: Vec<usize> = (0..self.specs.len())
+            .filter(|&i| !exclude.contains(&self.specs[i].name))
+            .collect();
+        let healthy: Vec<usize> = candidates
+            .iter()
+            .copied()
             .filter(|&i| self.health[i].is_healthy(now))
             .collect();
         if healthy.is_empty() {
-            let i = (0..self.specs.len()).min_by_key(|&i| self.health[i].ejected_until)?;
+            let i = candidates
+                .into_iter()
+                .min_by_key(|&i| self.health[i].back_at(now))?;
             let s = &self.specs[i];
-            return Some(Pick {
-                name: s.name.clone(),
-                url: s.url.clone(),
-                panic: true,
-            });
+            return Some(Pick::of(s, true));
         }
-        let total: i64 = healthy
-            .iter()
-            .map(|&i| i64::from(self.specs[i].weight))
-            .sum();
-        let mut best = healthy[0];
-        for &i in &healthy {
-            self.scores[i] += i64::from(self.specs[i].weight);
-            if self.scores[i] > self.scores[best] {
-                best = i;
+        let best = match self.strategy {
+            Strategy::Weighted => {
+                let total: i64 = healthy
+                    .iter()
+                    .map(|&i| i64::from(self.specs[i].weight))
+                    .sum();
+                let mut best = healthy[0];
+                for &i in &healthy {
+                    self.scores[i] += i64::from(self.specs[i].weight);
+                    if self.scores[i] > self.scores[best] {
+                        best = i;
+                    }
+                }
+                self.scores[best] -= total;
+                best
             }
-        }
-        self.scores[best] -= total;
+            Strategy::LeastLatency => healthy
+                .iter()
+                .copied()
+                .min_by(|&a, &b| {
+                    let la = if self.health[a].requests == 0 {
+                        0.0
+                    } else {
+                        self.health[a].latency_ewma_ms
+                    };
+                    let lb = if self.health[b].requests == 0 {
+                        0.0
+                    } else {
+                        self.health[b].latency_ewma_ms
+                    };
+                    la.total_cmp(&lb)
+                })
+                .unwrap_or(healthy[0]),
+        };
         let s = &self.specs[best];
-        Some(Pick {
-            name: s.name.clone(),
-            url: s.url.clone(),
-            panic: false,
-        })
+        Some(Pick::of(s, false))
     }
 
     /// Records an outcome for `name`; returns the provider's index when it changed.
     pub fn report(&mut self, name: &str, outcome: Outcome, now: UnixMillis) -> Option<usize> {
         let i = self.position(name)?;
         let h = &mut self.health[i];
+        if let Some(ms) = outcome.retry_after_ms {
+            h.rate_limited += 1;
+            h.cooldown_until = Some(now.plus_ms(i64::try_from(ms).unwrap_or(i64::MAX)));
+            return Some(i);
+        }
         h.requests += 1;
         let l = f64::from(outcome.latency_ms);
         h.latency_ewma_ms = if h.requests == 1 {
@@ -313,6 +435,8 @@ mod tests {
             url: format!("http://127.0.0.1:1/{name}"),
             weight,
             health_path: "/health".into(),
+            timeout_ms: 1000,
+            secret: None,
         }
     }
 
@@ -337,6 +461,7 @@ mod tests {
         let fail = Outcome {
             ok: false,
             latency_ms: 5,
+            retry_after_ms: None,
         };
         b.report("a", fail, UnixMillis(0));
         assert!(b.health(0).unwrap().is_healthy(UnixMillis(0)));
@@ -368,6 +493,7 @@ mod tests {
             Outcome {
                 ok: false,
                 latency_ms: 1,
+                retry_after_ms: None,
             },
             UnixMillis(0),
         );
@@ -376,12 +502,98 @@ mod tests {
             Outcome {
                 ok: false,
                 latency_ms: 1,
+                retry_after_ms: None,
             },
             UnixMillis(500),
         );
         let p = b.pick(UnixMillis(600)).unwrap();
         assert!(p.panic);
         assert_eq!(p.name, "a");
+    }
+
+    #[test]
+    fn retry_after_cools_a_provider_down_without_counting_a_failure() {
+        let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], EjectionPolicy::default());
+        b.report(
+            "a",
+            Outcome {
+                ok: false,
+                latency_ms: 3,
+                retry_after_ms: Some(2000),
+            },
+            UnixMillis(0),
+        );
+        let h = b.health(0).unwrap();
+        assert_eq!((h.failures, h.rate_limited, h.requests), (0, 1, 0));
+        for _ in 0..4 {
+            assert_eq!(b.pick(UnixMillis(1999)).unwrap().name, "b");
+        }
+        let names: Vec<String> = (0..4)
+            .map(|_| b.pick(UnixMillis(2000)).unwrap().name)
+            .collect();
+        assert!(names.contains(&"a".to_string()), "back after Retry-After");
+    }
+
+    #[test]
+    fn excluded_providers_are_skipped_and_exhaustion_is_none() {
+        let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], EjectionPolicy::default());
+        assert_eq!(
+            b.pick_excluding(UnixMillis(0), &["a".into()]).unwrap().name,
+            "b"
+        );
+        assert_eq!(
+            b.pick_excluding(UnixMillis(0), &["a".into(), "b".into()]),
+            None
+        );
+    }
+
+    #[test]
+    fn least_latency_prefers_the_fastest_after_trying_each() {
+        let mut b = Balancer::new(
+            vec![spec("slow", 1), spec("fast", 1)],
+            EjectionPolicy::default(),
+        )
+        .with_strategy(Strategy::LeastLatency);
+        b.report(
+            "slow",
+            Outcome {
+                ok: true,
+                latency_ms: 300,
+                retry_after_ms: None,
+            },
+            UnixMillis(0),
+        );
+        assert_eq!(
+            b.pick(UnixMillis(1)).unwrap().name,
+            "fast",
+            "untried provider first"
+        );
+        b.report(
+            "fast",
+            Outcome {
+                ok: true,
+                latency_ms: 20,
+                retry_after_ms: None,
+            },
+            UnixMillis(1),
+        );
+        for _ in 0..5 {
+            assert_eq!(b.pick(UnixMillis(2)).unwrap().name, "fast");
+        }
+    }
+
+    #[test]
+    fn specs_and_picks_survive_the_postcard_hop() {
+        // postcard is not self-describing: a skipped field would corrupt every later one.
+        let mut s = spec("a", 2);
+        for secret in [None, Some("API_KEY".to_string())] {
+            s.secret = secret;
+            let back: ProviderSpec = crate::protocol::decode(&crate::protocol::encode(&s).unwrap()).unwrap();
+            assert_eq!(back, s);
+            let p = Pick::of(&s, false);
+            let back: Pick = crate::protocol::decode(&crate::protocol::encode(&p).unwrap()).unwrap();
+            assert_eq!(back, p);
+        }
     }
 
     #[test]
@@ -393,5 +605,133 @@ mod tests {
         s.url = "ftp://x".into();
         assert!(validate_group(&[s]).is_err());
         assert!(validate_group(&[spec("a", 1), spec("b", 1000)]).is_ok());
+    }
+}
+
+/// What one upstream attempt produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// A response with this status (and its `Retry-After` in ms, if any).
+    Response {
+        /// HTTP status.
+        status: u16,
+        /// Parsed `Retry-After`.
+        retry_after_ms: Option<u64>,
+    },
+    /// No response within the provider's timeout.
+    Timeout,
+    /// The connection failed or was dropped.
+    ConnectionError,
+}
+
+/// Judges an attempt: the outcome to report for the provider, and whether the request may move
+/// on to another provider. 2xx-4xx (but 429) are the provider working; 429 cools it down for its
+/// `Retry-After` (1 s when absent); 5xx, timeouts and connection errors are failures.
+pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
+    match attempt {
+        Attempt::Response {
+            status: 429,
+            retry_after_ms,
+        } => (
+            Outcome {
+                ok: false,
+                latency_ms,
+                retry_after_ms: Some(retry_after_ms.unwrap_or(1000)),
+            },
+            true,
+        ),
+        Attempt::Response { status, .. } if status >= 500 => (
+            Outcome {
+                ok: false,
+                latency_ms,
+                retry_after_ms: None,
+            },
+            true,
+        ),
+        Attempt::Response { .. } => (
+            Outcome {
+                ok: true,
+                latency_ms,
+                retry_after_ms: None,
+            },
+            false,
+        ),
+        Attempt::Timeout | Attempt::ConnectionError => (
+            Outcome {
+                ok: false,
+                latency_ms,
+                retry_after_ms: None,
+            },
+            true,
+        ),
+    }
+}
+
+/// `Retry-After` in delta-seconds as milliseconds (capped at one day). HTTP-dates are not used
+/// by the providers we front and give `None`.
+pub fn parse_retry_after(value: &str) -> Option<u64> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| s.min(86_400) * 1000)
+}
+
+/// Whether a request may be retried on another provider: idempotent methods, or any request the
+/// client marks with `X-Gateway-Retry: true`.
+pub fn may_retry(method: &str, opted_in: bool) -> bool {
+    opted_in
+        || matches!(
+            method.to_ascii_uppercase().as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
+        )
+}
+
+#[cfg(test)]
+mod judge_tests {
+    use super::*;
+
+    #[test]
+    fn classifies_attempts() {
+        let r = |status| Attempt::Response {
+            status,
+            retry_after_ms: None,
+        };
+        assert_eq!(
+            judge(r(200), 5),
+            (
+                Outcome {
+                    ok: true,
+                    latency_ms: 5,
+                    retry_after_ms: None
+                },
+                false
+            )
+        );
+        assert!(judge(r(404), 5).0.ok, "a 404 is the provider working");
+        assert_eq!(
+            judge(r(503), 5),
+            (
+                Outcome {
+                    ok: false,
+                    latency_ms: 5,
+                    retry_after_ms: None
+                },
+                true
+            )
+        );
+        let (o, retry) = judge(
+            Attempt::Response {
+                status: 429,
+                retry_after_ms: Some(7000),
+            },
+            5,
+        );
+        assert_eq!((o.retry_after_ms, retry), (Some(7000), true));
+        assert_eq!(judge(r(429), 5).0.retry_after_ms, Some(1000));
+        assert!(judge(Attempt::Timeout, 5).1 && judge(Attempt::ConnectionError, 5).1);
+        assert_eq!(parse_retry_after(" 30 "), Some(30_000));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert!(may_retry("get", false) && !may_retry("POST", false) && may_retry("POST", true));
     }
 }

@@ -5,6 +5,8 @@
 //! new enum variants and new struct fields are only ever **appended**, and decoding ignores
 //! trailing bytes, so an older reader accepts a newer writer's message whose additions it does
 //! not know. A version byte it does not know is refused with a clear error instead of misread.
+//! Types that cross the hop must never use `#[serde(skip_serializing_if)]` (or `flatten`,
+//! untagged enums): without field names, a skipped field shifts every later one.
 //!
 //! Every reply is a `Result<T, WireError>`: the object's error crosses the hop as data and is
 //! turned back into a [`GatewayError`] in the worker, mapped to HTTP in one place.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ObjectStats;
-use crate::balancer::{Outcome, Pick, ProviderHealth, ProviderSpec};
+use crate::balancer::{Outcome, Pick, ProviderHealth, ProviderSpec, Strategy};
 
 /// A request to a provider group's object. Every message names the group, so the object knows
 /// which defaults from configuration apply on first use.
@@ -13,6 +13,8 @@ pub enum Request {
     Pick {
         /// Group name.
         group: String,
+        /// Providers this request already tried (failover).
+        exclude: Vec<String>,
     },
     /// Report an outcome.
     Report {
@@ -29,6 +31,15 @@ pub enum Request {
         group: String,
         /// The new providers.
         providers: Vec<ProviderSpec>,
+        /// How to choose among them.
+        strategy: Strategy,
+    },
+    /// Several outcomes of one proxied request (its attempts), in order.
+    ReportMany {
+        /// Group name.
+        group: String,
+        /// (provider, outcome) per attempt.
+        outcomes: Vec<(String, Outcome)>,
     },
     /// Live state.
     Status {
@@ -53,6 +64,8 @@ pub struct ProviderStatus {
 pub struct GroupStatus {
     /// Group name.
     pub group: String,
+    /// How the group chooses.
+    pub strategy: Strategy,
     /// Providers.
     pub providers: Vec<ProviderStatus>,
     /// Alarm and schema bookkeeping.

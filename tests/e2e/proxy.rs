@@ -1,0 +1,223 @@
+//! The proxy path end to end: rate limit, cache, balancing, failover, against the mock upstream.
+
+use std::time::Duration;
+
+use gateway_e2e::{eventually, send};
+use serde_json::{json, Value};
+
+use crate::{shared, unique};
+
+/// A fresh group of fresh mock providers; returns (group, provider names).
+fn group(providers: &[(&str, u32)], extra: Value) -> (String, Vec<String>) {
+    let s = shared();
+    let g = unique("pg").replace('-', "_");
+    let names: Vec<String> = providers
+        .iter()
+        .map(|(n, _)| format!("{n}_{}", unique("").replace('-', "")))
+        .collect();
+    let list: Vec<Value> = providers
+        .iter()
+        .zip(&names)
+        .map(|((_, w), name)| {
+            let mut p =
+                json!({"name": name, "url": format!("{}/{name}", s.upstream.url()), "weight": w});
+            if let (Some(obj), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+                for (k, v) in e {
+                    obj.insert(k.clone(), v.clone());
+                }
+            }
+            p
+        })
+        .collect();
+    let r = s.rt.admin(
+        "PUT",
+        &format!("/v1/providers/{g}"),
+        &json!({ "providers": list }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    (g, names)
+}
+
+fn control(name: &str, body: Value) {
+    let url = format!("{}/__control/{name}", shared().upstream.url());
+    let r = send("PUT", &url, &[], Some(body.to_string().as_bytes()));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn mock_counters(name: &str) -> Value {
+    let url = format!("{}/__control/{name}", shared().upstream.url());
+    send("GET", &url, &[], None).json()["counters"].clone()
+}
+
+#[test]
+fn serves_from_a_provider_then_from_cache_with_all_headers() {
+    let rt = &shared().rt;
+    let (g, names) = group(&[("solo", 1)], json!({}));
+    let path = format!("/v1/proxy/{g}/v1/models/{}", unique("m"));
+    let r = rt.get(&path);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-provider"), Some(names[0].as_str()));
+    assert_eq!(r.header("x-cache"), Some("MISS"));
+    assert!(r.header("ratelimit").is_some() && r.header("ratelimit-policy").is_some());
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(r.json()["provider"], names[0].as_str());
+    assert!(r.json()["path"]
+        .as_str()
+        .unwrap()
+        .starts_with("/v1/models/"));
+    let hit = eventually(
+        Duration::from_secs(10),
+        "the cache fill (off the response path)",
+        || {
+            let r = rt.get(&path);
+            (r.header("x-cache") == Some("HIT")).then_some(r)
+        },
+    );
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.json()["provider"], names[0].as_str());
+    assert_eq!(
+        mock_counters(&names[0])["requests"],
+        1,
+        "the hit did not reach the provider"
+    );
+}
+
+#[test]
+fn failing_provider_is_hidden_by_failover_and_ejected_within_bounded_requests() {
+    let rt = &shared().rt;
+    let (g, names) = group(&[("bad", 1), ("good", 1)], json!({}));
+    control(&names[0], json!({"failure_rate": 1.0, "status": 500}));
+    for i in 0..20 {
+        let r = rt.get(&format!("/v1/proxy/{g}/item/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.header("x-provider"), Some(names[1].as_str()));
+    }
+    let bad = mock_counters(&names[0]);
+    let reached = bad["requests"].as_u64().unwrap();
+    println!(
+        "a provider failing every call was tried {reached} times over 20 requests before ejection"
+    );
+    assert!(
+        reached <= 8,
+        "ejected after 5 consecutive failures (+ in-flight reports): {reached}"
+    );
+    let status = rt.get(&format!("/v1/providers/{g}")).json();
+    assert_eq!(status["providers"][0]["healthy"], false);
+}
+
+#[test]
+fn dropped_connections_and_timeouts_fail_over() {
+    let rt = &shared().rt;
+    let (g, names) = group(
+        &[("dropper", 1), ("sleeper", 1), ("good", 1)],
+        json!({"timeout_ms": 400}),
+    );
+    control(
+        &names[0],
+        json!({"failure_rate": 1.0, "drop_connection": true}),
+    );
+    control(&names[1], json!({"latency_ms": 2000}));
+    for i in 0..6 {
+        let r = rt.get(&format!("/v1/proxy/{g}/x/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.header("x-provider"), Some(names[2].as_str()));
+    }
+}
+
+#[test]
+fn a_429_cools_the_provider_down_for_its_retry_after() {
+    let rt = &shared().rt;
+    let (g, names) = group(&[("limited", 1), ("spare", 1)], json!({}));
+    control(
+        &names[0],
+        json!({"failure_rate": 1.0, "status": 429, "retry_after_s": 30}),
+    );
+    for i in 0..8 {
+        let r = rt.get(&format!("/v1/proxy/{g}/r/{i}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let limited = eventually(Duration::from_secs(10), "the 429 to be recorded", || {
+        let v = rt.get(&format!("/v1/providers/{g}")).json();
+        v["providers"][0]["health"]["cooldown_until"]
+            .is_number()
+            .then_some(v)
+    });
+    assert_eq!(limited["providers"][0]["healthy"], false);
+    assert_eq!(
+        limited["providers"][0]["health"]["failures"], 0,
+        "a 429 is not a failure"
+    );
+    assert!(
+        mock_counters(&names[0])["requests"].as_u64().unwrap() <= 2,
+        "honoured Retry-After"
+    );
+}
+
+#[test]
+fn every_provider_down_is_a_502_problem_naming_the_attempts() {
+    let rt = &shared().rt;
+    let (g, names) = group(&[("down1", 1), ("down2", 1)], json!({}));
+    for n in &names {
+        control(n, json!({"failure_rate": 1.0, "status": 503}));
+    }
+    let r = rt.get(&format!("/v1/proxy/{g}/anything"));
+    let p = r.assert_problem(502);
+    assert_eq!(p["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(r.header("x-gateway-attempts"), Some("2"));
+}
+
+#[test]
+fn post_is_not_retried_unless_the_client_opts_in() {
+    let rt = &shared().rt;
+    let (g, names) = group(&[("flaky", 1), ("ok", 1)], json!({}));
+    control(&names[0], json!({"failure_rate": 1.0, "status": 500}));
+    // The first pick of a fresh weighted group is its first provider.
+    let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = rt.send(
+        "POST",
+        &format!("/v1/proxy/{g}/v1/chat/completions"),
+        &[("Content-Type", "application/json")],
+        Some(body),
+    );
+    r.assert_problem(502);
+    let r = rt.send(
+        "POST",
+        &format!("/v1/proxy/{g}/v1/chat/completions"),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Gateway-Retry", "true"),
+        ],
+        Some(b"{\"other\":1}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn weighted_traffic_splits_within_five_percent_over_a_thousand_requests() {
+    let s = shared();
+    let (g, names) = group(&[("heavy", 3), ("light", 1)], json!({}));
+    let base = s.rt.url(&format!("/v1/proxy/{g}/split"));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                for i in 0..125 {
+                    let r = send("GET", &format!("{base}/{t}/{i}"), &[], None);
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let heavy = mock_counters(&names[0])["requests"].as_u64().unwrap() as f64;
+    let light = mock_counters(&names[1])["requests"].as_u64().unwrap() as f64;
+    let share = heavy / (heavy + light);
+    println!(
+        "weights 3:1 over {} requests: heavy share {share:.3}",
+        heavy + light
+    );
+    assert_eq!(heavy + light, 1000.0);
+    assert!((share - 0.75).abs() <= 0.05, "share {share}");
+}
