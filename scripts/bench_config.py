@@ -7,6 +7,7 @@ import re
 import sys
 
 out, port, state = sys.argv[1], sys.argv[2], sys.argv[3]
+mock_port = sys.argv[4] if len(sys.argv) > 4 else "9100"
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 toml = open(os.path.join(root, "wrangler.toml")).read()
 
@@ -20,6 +21,8 @@ policies = json.loads(variables["RATE_LIMIT_POLICIES"])
 policies["bench"] = {"capacity": 1000000000, "refill": 1000000000, "period_ms": 1000}
 variables["RATE_LIMIT_POLICIES"] = json.dumps(policies)
 variables["ADMIN_TOKEN"] = "bench-admin-token-0123456789"
+variables["PROVIDERS"] = variables["PROVIDERS"].replace("127.0.0.1:9100", "127.0.0.1:" + mock_port)
+variables["RATE_LIMIT_POLICIES"] = json.dumps({**policies, "default": policies["bench"]})
 
 classes = [("RATE_LIMITER", "RateLimiterDO"), ("CACHE_SHARD", "CacheShardDO"),
            ("PROVIDER_HEALTH", "ProviderHealthDO"), ("EXPERIMENT", "ExperimentDO"),
@@ -37,6 +40,7 @@ const config :Workerd.Config = (
   services = [
     (name = "main", worker = .gateway),
     (name = "do-storage", disk = (path = "{state}", writable = true)),
+    (name = "loopback", network = (allow = ["public", "private", "local"])),
   ],
   sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "main")],
 );
@@ -53,6 +57,7 @@ const gateway :Workerd.Worker = (
     {namespaces_text}
   ],
   durableObjectStorage = (localDisk = "do-storage"),
+  globalOutbound = "loopback",
 );
 '''
 open(out, "w").write(config)

@@ -310,8 +310,10 @@ fn write_response(
     } else {
         "Connection: keep-alive\r\n\r\n"
     });
-    stream.write_all(out.as_bytes())?;
-    stream.write_all(body)?;
+    // One write: head and body in separate segments would meet Nagle + delayed ACK (40 ms).
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes)?;
     stream.flush()
 }
 
@@ -334,6 +336,7 @@ fn reason(status: u16) -> &'static str {
 
 fn serve_connection(stream: TcpStream, providers: &Providers) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = stream.set_nodelay(true);
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };

@@ -588,10 +588,12 @@ mod tests {
         let mut s = spec("a", 2);
         for secret in [None, Some("API_KEY".to_string())] {
             s.secret = secret;
-            let back: ProviderSpec = crate::protocol::decode(&crate::protocol::encode(&s).unwrap()).unwrap();
+            let back: ProviderSpec =
+                crate::protocol::decode(&crate::protocol::encode(&s).unwrap()).unwrap();
             assert_eq!(back, s);
             let p = Pick::of(&s, false);
-            let back: Pick = crate::protocol::decode(&crate::protocol::encode(&p).unwrap()).unwrap();
+            let back: Pick =
+                crate::protocol::decode(&crate::protocol::encode(&p).unwrap()).unwrap();
             assert_eq!(back, p);
         }
     }
