@@ -6,13 +6,12 @@
 
 use std::cell::RefCell;
 
-use gateway_core::alarm::next_alarm;
 use gateway_core::protocol::aggregator::{Request, Response as Reply, Stats};
 use gateway_core::rollup::Rollup;
 use gateway_core::{GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{col, decode_blob, encode_blob, int, migrations, now, respond, Base, Db};
+use super::{col, decode_blob, encode_blob, int, migrations, now, Base, Db};
 
 const RETENTION_MS: i64 = 7 * 86_400_000;
 
@@ -126,23 +125,15 @@ impl DurableObject for AggregatorDO {
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        let bytes = req.bytes().await?;
-        let now = now();
-        let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
-        if let Ok((_, true)) = &result {
-            self.base
-                .ensure_alarm(next_alarm(now, self.interval(), None))
-                .await?;
-        }
-        respond(result.map(|(r, _)| r))
+        self.base
+            .serve(&mut req, self.interval(), |msg, now| self.handle(msg, now))
+            .await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
         let now = now();
-        let active = self.seal(now).map_err(|e| e.to_string())?;
         self.base
-            .rearm(active.then(|| next_alarm(now, self.interval(), None)))
-            .await?;
-        Response::ok("ok")
+            .finish_alarm(now, self.seal(now), self.interval())
+            .await
     }
 }

@@ -25,7 +25,7 @@ use gateway_core::protocol::cache::{Cached, Request, Response as Reply, Stats};
 use gateway_core::{GatewayError, UnixMillis};
 use worker::{durable_object, Delay, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{blob, col, int, migrations, now, respond, text, Base, Db};
+use super::{blob, col, int, migrations, now, text, Base, Db};
 
 type Entry = (Vec<u8>, Option<String>);
 
@@ -466,7 +466,7 @@ impl DurableObject for CacheShardDO {
                 .ensure_alarm(next_alarm(now, self.interval(), deadline))
                 .await?;
         }
-        respond(result.map(|(r, _)| r))
+        super::respond(result.map(|(r, _)| r))
     }
 
     async fn alarm(&self) -> worker::Result<Response> {

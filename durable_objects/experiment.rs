@@ -7,13 +7,12 @@
 
 use std::cell::RefCell;
 
-use gateway_core::alarm::next_alarm;
 use gateway_core::experiment::{analyse, assign, Analysis, ArmTally, ExperimentDef};
 use gateway_core::protocol::experiment::{Request, Response as Reply, State as ExpState};
 use gateway_core::{GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{col, decode_blob, encode_blob, int, migrations, now, respond, text, Base, Db};
+use super::{col, decode_blob, encode_blob, int, migrations, now, text, Base, Db};
 
 /// An experiment.
 #[durable_object(alarm)]
@@ -224,23 +223,15 @@ impl DurableObject for ExperimentDO {
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        let bytes = req.bytes().await?;
-        let now = now();
-        let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
-        if let Ok((_, true)) = &result {
-            self.base
-                .ensure_alarm(next_alarm(now, self.interval(), None))
-                .await?;
-        }
-        respond(result.map(|(r, _)| r))
+        self.base
+            .serve(&mut req, self.interval(), |msg, now| self.handle(msg, now))
+            .await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
         let now = now();
-        let active = self.analyse(now).map_err(|e| e.to_string())?;
         self.base
-            .rearm(active.then(|| next_alarm(now, self.interval(), None)))
-            .await?;
-        Response::ok("ok")
+            .finish_alarm(now, self.analyse(now), self.interval())
+            .await
     }
 }

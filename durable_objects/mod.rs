@@ -19,7 +19,7 @@ use gateway_core::migrate::{pending, Migration, BOOKKEEPING_SQL};
 use gateway_core::protocol::{self, ObjectStats, Reply, WireError};
 use gateway_core::{GatewayError, UnixMillis};
 use serde::Serialize;
-use worker::{Response, ScheduledTime, SqlStorage, SqlStorageValue, State};
+use worker::{Request as HttpRequest, Response, ScheduledTime, SqlStorage, SqlStorageValue, State};
 
 /// The migrations of each object, embedded at build time from `migrations/`.
 pub mod migrations {
@@ -265,6 +265,39 @@ impl Base {
         }
         self.alarm_armed.set(true);
         Ok(())
+    }
+
+    /// The request shape every adapter shares: read the body, read the time once, decode, make
+    /// one synchronous call (`handle` returns the reply and whether state changed), arm the
+    /// periodic alarm when state changed and none is set, answer.
+    pub async fn serve<M: serde::de::DeserializeOwned, R: Serialize>(
+        &self,
+        req: &mut HttpRequest,
+        interval_ms: u64,
+        handle: impl FnOnce(M, UnixMillis) -> Result<(R, bool), GatewayError>,
+    ) -> worker::Result<Response> {
+        let bytes = req.bytes().await?;
+        let now = now();
+        let result = decode_request(&bytes).and_then(|msg| handle(msg, now));
+        if let Ok((_, true)) = &result {
+            self.ensure_alarm(gateway_core::alarm::next_alarm(now, interval_ms, None))
+                .await?;
+        }
+        respond(result.map(|(r, _)| r))
+    }
+
+    /// Ends an alarm: a failed run is returned as an error (the platform retries it); a run that
+    /// left work re-arms the periodic alarm; an idle object stops waking up.
+    pub async fn finish_alarm(
+        &self,
+        now: UnixMillis,
+        outcome: Result<bool, GatewayError>,
+        interval_ms: u64,
+    ) -> worker::Result<Response> {
+        let busy = outcome.map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.rearm(busy.then(|| gateway_core::alarm::next_alarm(now, interval_ms, None)))
+            .await?;
+        Response::ok("ok")
     }
 
     /// Sets the next alarm (from the alarm handler), or clears the flag when there is none.

@@ -18,7 +18,7 @@ use worker::{
     durable_object, Delay, DurableObject, Env, Fetch, Request as HttpRequest, Response, State,
 };
 
-use super::{col, decode_blob, encode_blob, migrations, now, respond, text, Base, Db};
+use super::{col, decode_blob, encode_blob, migrations, now, text, Base, Db};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -254,15 +254,9 @@ impl DurableObject for ProviderHealthDO {
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        let bytes = req.bytes().await?;
-        let now = now();
-        let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
-        if let Ok((_, true)) = &result {
-            self.base
-                .ensure_alarm(next_alarm(now, self.interval(), None))
-                .await?;
-        }
-        respond(result.map(|(r, _)| r))
+        self.base
+            .serve(&mut req, self.interval(), |msg, now| self.handle(msg, now))
+            .await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {

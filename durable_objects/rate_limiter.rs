@@ -9,7 +9,6 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use gateway_core::alarm::next_alarm;
 use gateway_core::protocol::ratelimit::{
     PolicyCounters, PolicyEntry, PolicySource, Request, Response as Reply, Stats,
 };
@@ -18,7 +17,7 @@ use gateway_core::rate_limit::sliding::WindowState;
 use gateway_core::{rate_limit, GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{col, decode_blob, encode_blob, int, migrations, now, respond, text, Base, Db};
+use super::{col, decode_blob, encode_blob, int, migrations, now, text, Base, Db};
 
 /// Stored overrides: name -> (definition or tombstone, version).
 type Overrides = BTreeMap<String, (Option<Policy>, i64)>;
@@ -338,23 +337,15 @@ impl DurableObject for RateLimiterDO {
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        let bytes = req.bytes().await?;
-        let now = now();
-        let result = super::decode_request(&bytes).and_then(|msg| self.decide(msg, now));
-        if let Ok((_, true)) = &result {
-            self.base
-                .ensure_alarm(next_alarm(now, self.interval(), None))
-                .await?;
-        }
-        respond(result.map(|(r, _)| r))
+        self.base
+            .serve(&mut req, self.interval(), |msg, now| self.decide(msg, now))
+            .await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
         let now = now();
-        let busy = self.collect(now).map_err(|e| e.to_string())?;
         self.base
-            .rearm(busy.then(|| next_alarm(now, self.interval(), None)))
-            .await?;
-        Response::ok("ok")
+            .finish_alarm(now, self.collect(now), self.interval())
+            .await
     }
 }
