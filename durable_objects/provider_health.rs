@@ -127,8 +127,9 @@ impl ProviderHealthDO {
                 let health = b.health(i).cloned().unwrap_or_default();
                 ProviderStatus {
                     spec: spec.clone(),
-                    healthy: health.is_healthy(now),
+                    healthy: b.in_rotation(i, now),
                     health,
+                    budget_left_micro_usd: b.budget_left(i, now),
                 }
             })
             .collect();

@@ -71,6 +71,10 @@ pub struct Counters {
     pub dropped: u64,
     /// Health probes.
     pub health_checks: u64,
+    /// Provider calls that carried an `Authorization` header.
+    pub authorized: u64,
+    /// The last `Authorization` value seen (so tests can check credentials are sent).
+    pub last_authorization: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -507,6 +511,10 @@ fn handle(req: &HttpRequest, providers: &Providers) -> Answer {
         [name, ..] if valid_name(name) && segs.len() >= 2 && *name != "__control" => {
             let p = map.entry(name.to_string()).or_default();
             p.counters.requests += 1;
+            if let Some((_, v)) = req.headers.iter().find(|(k, _)| k == "authorization") {
+                p.counters.authorized += 1;
+                p.counters.last_authorization = Some(v.clone());
+            }
             let n = p.pattern_n;
             p.pattern_n += 1;
             let r = p.behaviour.failure_rate;

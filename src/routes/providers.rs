@@ -114,6 +114,10 @@ struct ReportBody {
     latency_ms: u32,
     #[serde(default)]
     retry_after_ms: Option<u64>,
+    #[serde(default)]
+    input_tokens: u32,
+    #[serde(default)]
+    output_tokens: u32,
 }
 
 /// `POST /v1/providers/{group}/report`: `{"provider":"a","ok":true,"latency_ms":12}`.
@@ -134,6 +138,8 @@ pub async fn report(mut req: Request, env: &Env, cfg: &Config, group: &str) -> A
             ok: body.ok,
             latency_ms: body.latency_ms,
             retry_after_ms: body.retry_after_ms,
+            input_tokens: body.input_tokens,
+            output_tokens: body.output_tokens,
         },
     };
     match send(env, group, msg).await? {

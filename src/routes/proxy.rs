@@ -133,6 +133,28 @@ async fn forward(
     }
 }
 
+/// OpenAI-style `usage` of a JSON answer: (prompt tokens, completion tokens); zeros otherwise.
+fn usage(body: &[u8]) -> (u32, u32) {
+    if body.len() > 4 << 20 || body.first() != Some(&b'{') {
+        return (0, 0);
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(default)]
+        prompt_tokens: u32,
+        #[serde(default)]
+        completion_tokens: u32,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Usage>,
+    }
+    match serde_json::from_slice::<Answer>(body) {
+        Ok(Answer { usage: Some(u) }) => (u.prompt_tokens, u.completion_tokens),
+        _ => (0, 0),
+    }
+}
+
 fn elapsed_ms(start: UnixMillis) -> u32 {
     u32::try_from(now().since(start).max(0)).unwrap_or(u32::MAX)
 }
@@ -273,7 +295,10 @@ pub async fn proxy(
             .and_then(|name| crate::config::var(env, name));
         let t0 = now();
         let (attempt, upstream) = forward(&pick, timeout_ms, secret, &outgoing).await;
-        let (outcome, retryable) = judge(attempt, elapsed_ms(t0));
+        let (mut outcome, retryable) = judge(attempt, elapsed_ms(t0));
+        if let Some(up) = upstream.as_ref().filter(|u| (200..300).contains(&u.status)) {
+            (outcome.input_tokens, outcome.output_tokens) = usage(&up.body);
+        }
         outcomes.push((pick.name.clone(), outcome));
         tried.push(pick.name.clone());
         last_attempt = attempt;

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 pub use mock_upstream;
 
+/// The API key the test runtime holds for providers configured with `"secret":"MOCK_PROVIDER_KEY"`.
+pub const MOCK_PROVIDER_KEY: &str = "sk-e2e-secret-value-9f8e7d";
+
 /// Admin token the test runtimes are started with.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
 
@@ -399,6 +402,7 @@ pub fn test_vars(upstream: &str) -> Vec<(&'static str, String)> {
         ("EXPERIMENT_ANALYSIS_INTERVAL_MS", "1000".into()),
         ("ROLLUP_INTERVAL_MS", "1000".into()),
         ("MAX_BODY_BYTES", "65536".into()),
+        ("MOCK_PROVIDER_KEY", MOCK_PROVIDER_KEY.into()),
         (
             "RATE_LIMIT_POLICIES",
             r#"{"default":{"capacity":100000,"refill":100000,"period_ms":60000},"tight":{"capacity":5,"refill":1,"period_ms":3600000},"fast":{"capacity":2,"refill":10,"period_ms":1000}}"#.into(),

@@ -36,6 +36,35 @@ pub struct ProviderSpec {
     /// upstream as `Authorization: Bearer`. Only the name is stored or shown, never the value.
     #[serde(default)]
     pub secret: Option<String>,
+    /// Cost of one call, micro-USD.
+    #[serde(default)]
+    pub cost_per_request_micro_usd: u64,
+    /// Cost per 1 000 input tokens, micro-USD.
+    #[serde(default)]
+    pub cost_per_1k_input_micro_usd: u64,
+    /// Cost per 1 000 output tokens, micro-USD.
+    #[serde(default)]
+    pub cost_per_1k_output_micro_usd: u64,
+    /// Spending cap per `budget_period_ms`, micro-USD; when spent, the provider leaves rotation
+    /// until the period ends.
+    #[serde(default)]
+    pub budget_micro_usd: Option<u64>,
+    /// The budget period (default one day).
+    #[serde(default = "default_budget_period_ms")]
+    pub budget_period_ms: u64,
+}
+
+fn default_budget_period_ms() -> u64 {
+    86_400_000
+}
+
+impl ProviderSpec {
+    /// The estimated cost of one outcome, micro-USD.
+    pub fn cost_of(&self, o: &Outcome) -> u64 {
+        self.cost_per_request_micro_usd
+            + (u64::from(o.input_tokens) * self.cost_per_1k_input_micro_usd).div_ceil(1000)
+            + (u64::from(o.output_tokens) * self.cost_per_1k_output_micro_usd).div_ceil(1000)
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -69,6 +98,15 @@ impl ProviderSpec {
             return Err(GatewayError::bad_request(
                 "invalid-provider",
                 format!("provider {}: weight must be 1..=1000", self.name),
+            ));
+        }
+        if !(1000..=31 * 86_400_000).contains(&self.budget_period_ms) {
+            return Err(GatewayError::bad_request(
+                "invalid-provider",
+                format!(
+                    "provider {}: budget_period_ms must be 1000..=2678400000",
+                    self.name
+                ),
             ));
         }
         if !(100..=120_000).contains(&self.timeout_ms) {
@@ -150,6 +188,16 @@ pub struct ProviderHealth {
     pub cooldown_until: Option<UnixMillis>,
     /// 429 answers received.
     pub rate_limited: u64,
+    /// Input tokens reported.
+    pub input_tokens: u64,
+    /// Output tokens reported.
+    pub output_tokens: u64,
+    /// Estimated cost so far, micro-USD.
+    pub cost_micro_usd: u64,
+    /// Start of the current budget period.
+    pub budget_period_start: UnixMillis,
+    /// Spent in the current budget period, micro-USD.
+    pub budget_spent_micro_usd: u64,
 }
 
 impl ProviderHealth {
@@ -186,6 +234,9 @@ pub struct EjectionPolicy {
     pub consecutive_failures: u32,
     /// First ejection time; doubles with each further ejection (up to 64x).
     pub base_ejection_ms: u64,
+    /// At most this share of a group's providers is ejected at once (Envoy's
+    /// `max_ejection_percent`); beyond it failures are counted but nobody else is ejected.
+    pub max_ejected_percent: u32,
 }
 
 impl Default for EjectionPolicy {
@@ -193,12 +244,13 @@ impl Default for EjectionPolicy {
         EjectionPolicy {
             consecutive_failures: 5,
             base_ejection_ms: 30_000,
+            max_ejected_percent: 50,
         }
     }
 }
 
 /// An outcome reported for a provider.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     /// Whether the call succeeded (2xx-4xx other than 429 count as success for health).
     pub ok: bool,
@@ -206,6 +258,10 @@ pub struct Outcome {
     pub latency_ms: u32,
     /// The provider answered 429: cool it down this long (its `Retry-After`), not a failure.
     pub retry_after_ms: Option<u64>,
+    /// Input (prompt) tokens the answer reported in its `usage`.
+    pub input_tokens: u32,
+    /// Output (completion) tokens the answer reported.
+    pub output_tokens: u32,
 }
 
 /// The provider chosen for a request.
@@ -287,6 +343,24 @@ impl Balancer {
         self.health.get(i)
     }
 
+    /// Budget left in the current period (micro-USD), if the provider has a budget.
+    pub fn budget_left(&self, i: usize, now: UnixMillis) -> Option<u64> {
+        let (s, h) = (self.specs.get(i)?, self.health.get(i)?);
+        let budget = s.budget_micro_usd?;
+        let period = i64::try_from(s.budget_period_ms).unwrap_or(i64::MAX);
+        let spent = if now.since(h.budget_period_start) >= period {
+            0
+        } else {
+            h.budget_spent_micro_usd
+        };
+        Some(budget.saturating_sub(spent))
+    }
+
+    /// In rotation: healthy and with budget left.
+    pub fn in_rotation(&self, i: usize, now: UnixMillis) -> bool {
+        self.health[i].is_healthy(now) && self.budget_left(i, now) != Some(0)
+    }
+
     /// Index of the provider named `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
         self.specs.iter().position(|s| s.name == name)
@@ -307,7 +381,7 @@ impl Balancer {
         let healthy: Vec<usize> = candidates
             .iter()
             .copied()
-            .filter(|&i| self.health[i].is_healthy(now))
+            .filter(|&i| self.in_rotation(i, now))
             .collect();
         if healthy.is_empty() {
             let i = candidates
@@ -364,6 +438,16 @@ impl Balancer {
             return Some(i);
         }
         h.requests += 1;
+        let cost = self.specs[i].cost_of(&outcome);
+        let period = i64::try_from(self.specs[i].budget_period_ms).unwrap_or(i64::MAX);
+        if now.since(h.budget_period_start) >= period {
+            h.budget_period_start = now;
+            h.budget_spent_micro_usd = 0;
+        }
+        h.budget_spent_micro_usd = h.budget_spent_micro_usd.saturating_add(cost);
+        h.cost_micro_usd = h.cost_micro_usd.saturating_add(cost);
+        h.input_tokens += u64::from(outcome.input_tokens);
+        h.output_tokens += u64::from(outcome.output_tokens);
         let l = f64::from(outcome.latency_ms);
         h.latency_ewma_ms = if h.requests == 1 {
             l
@@ -382,9 +466,15 @@ impl Balancer {
 
     fn note_failure(&mut self, i: usize, now: UnixMillis) {
         let policy = self.policy;
+        let ejected = self
+            .health
+            .iter()
+            .filter(|h| h.ejected_until.is_some_and(|t| t > now))
+            .count();
+        let room = (ejected + 1) * 100 <= policy.max_ejected_percent as usize * self.specs.len();
         let h = &mut self.health[i];
         h.consecutive_failures = h.consecutive_failures.saturating_add(1);
-        if h.consecutive_failures >= policy.consecutive_failures && h.is_healthy(now) {
+        if h.consecutive_failures >= policy.consecutive_failures && h.is_healthy(now) && room {
             h.ejections = h.ejections.saturating_add(1);
             let factor = 1u64 << (h.ejections - 1).min(6);
             let ms = policy.base_ejection_ms.saturating_mul(factor);
@@ -437,6 +527,11 @@ mod tests {
             health_path: "/health".into(),
             timeout_ms: 1000,
             secret: None,
+            cost_per_request_micro_usd: 0,
+            cost_per_1k_input_micro_usd: 0,
+            cost_per_1k_output_micro_usd: 0,
+            budget_micro_usd: None,
+            budget_period_ms: 86_400_000,
         }
     }
 
@@ -456,12 +551,15 @@ mod tests {
         let policy = EjectionPolicy {
             consecutive_failures: 2,
             base_ejection_ms: 1000,
+            max_ejected_percent: 100,
         };
         let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], policy);
         let fail = Outcome {
             ok: false,
             latency_ms: 5,
             retry_after_ms: None,
+            input_tokens: 0,
+            output_tokens: 0,
         };
         b.report("a", fail, UnixMillis(0));
         assert!(b.health(0).unwrap().is_healthy(UnixMillis(0)));
@@ -486,6 +584,7 @@ mod tests {
         let policy = EjectionPolicy {
             consecutive_failures: 1,
             base_ejection_ms: 1000,
+            max_ejected_percent: 100,
         };
         let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], policy);
         b.report(
@@ -494,6 +593,8 @@ mod tests {
                 ok: false,
                 latency_ms: 1,
                 retry_after_ms: None,
+                input_tokens: 0,
+                output_tokens: 0,
             },
             UnixMillis(0),
         );
@@ -503,6 +604,8 @@ mod tests {
                 ok: false,
                 latency_ms: 1,
                 retry_after_ms: None,
+                input_tokens: 0,
+                output_tokens: 0,
             },
             UnixMillis(500),
         );
@@ -520,6 +623,8 @@ mod tests {
                 ok: false,
                 latency_ms: 3,
                 retry_after_ms: Some(2000),
+                input_tokens: 0,
+                output_tokens: 0,
             },
             UnixMillis(0),
         );
@@ -560,6 +665,8 @@ mod tests {
                 ok: true,
                 latency_ms: 300,
                 retry_after_ms: None,
+                input_tokens: 0,
+                output_tokens: 0,
             },
             UnixMillis(0),
         );
@@ -574,6 +681,8 @@ mod tests {
                 ok: true,
                 latency_ms: 20,
                 retry_after_ms: None,
+                input_tokens: 0,
+                output_tokens: 0,
             },
             UnixMillis(1),
         );
@@ -596,6 +705,58 @@ mod tests {
                 crate::protocol::decode(&crate::protocol::encode(&p).unwrap()).unwrap();
             assert_eq!(back, p);
         }
+    }
+
+    #[test]
+    fn usage_is_costed_and_an_exhausted_budget_leaves_rotation_until_the_period_ends() {
+        let mut pricey = spec("pricey", 1);
+        pricey.cost_per_request_micro_usd = 100;
+        pricey.cost_per_1k_output_micro_usd = 2000;
+        pricey.budget_micro_usd = Some(250);
+        pricey.budget_period_ms = 10_000;
+        let mut b = Balancer::new(vec![pricey, spec("cheap", 1)], EjectionPolicy::default());
+        let used = Outcome {
+            ok: true,
+            latency_ms: 5,
+            output_tokens: 30,
+            ..Outcome::default()
+        };
+        b.report("pricey", used, UnixMillis(0));
+        assert_eq!(b.health(0).unwrap().cost_micro_usd, 160);
+        assert_eq!(b.budget_left(0, UnixMillis(1)), Some(90));
+        b.report("pricey", used, UnixMillis(1));
+        assert_eq!(b.budget_left(0, UnixMillis(2)), Some(0));
+        for _ in 0..4 {
+            assert_eq!(b.pick(UnixMillis(2)).unwrap().name, "cheap");
+        }
+        assert_eq!(
+            b.budget_left(0, UnixMillis(10_000)),
+            Some(250),
+            "a new period"
+        );
+    }
+
+    #[test]
+    fn no_more_than_the_max_share_is_ejected() {
+        let policy = EjectionPolicy {
+            consecutive_failures: 1,
+            base_ejection_ms: 1000,
+            max_ejected_percent: 50,
+        };
+        let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], policy);
+        let fail = Outcome {
+            ok: false,
+            latency_ms: 1,
+            ..Outcome::default()
+        };
+        b.report("a", fail, UnixMillis(0));
+        b.report("b", fail, UnixMillis(0));
+        assert!(!b.health(0).unwrap().is_healthy(UnixMillis(1)));
+        assert!(
+            b.health(1).unwrap().is_healthy(UnixMillis(1)),
+            "ejecting b would exceed 50%"
+        );
+        assert_eq!(b.health(1).unwrap().failures, 1);
     }
 
     #[test]
@@ -639,6 +800,8 @@ pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
                 ok: false,
                 latency_ms,
                 retry_after_ms: Some(retry_after_ms.unwrap_or(1000)),
+                input_tokens: 0,
+                output_tokens: 0,
             },
             true,
         ),
@@ -647,6 +810,8 @@ pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
                 ok: false,
                 latency_ms,
                 retry_after_ms: None,
+                input_tokens: 0,
+                output_tokens: 0,
             },
             true,
         ),
@@ -655,6 +820,8 @@ pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
                 ok: true,
                 latency_ms,
                 retry_after_ms: None,
+                input_tokens: 0,
+                output_tokens: 0,
             },
             false,
         ),
@@ -663,6 +830,8 @@ pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
                 ok: false,
                 latency_ms,
                 retry_after_ms: None,
+                input_tokens: 0,
+                output_tokens: 0,
             },
             true,
         ),
@@ -705,7 +874,9 @@ mod judge_tests {
                 Outcome {
                     ok: true,
                     latency_ms: 5,
-                    retry_after_ms: None
+                    retry_after_ms: None,
+                    input_tokens: 0,
+                    output_tokens: 0
                 },
                 false
             )
@@ -717,7 +888,9 @@ mod judge_tests {
                 Outcome {
                     ok: false,
                     latency_ms: 5,
-                    retry_after_ms: None
+                    retry_after_ms: None,
+                    input_tokens: 0,
+                    output_tokens: 0
                 },
                 true
             )

@@ -57,6 +57,8 @@ pub struct ProviderStatus {
     pub healthy: bool,
     /// Health counters.
     pub health: ProviderHealth,
+    /// Budget left in the current period, micro-USD (when the provider has a budget).
+    pub budget_left_micro_usd: Option<u64>,
 }
 
 /// A group's live state.
