@@ -2,40 +2,62 @@
 //! behaviour (latency, failure status, failure rate, 429 + Retry-After, dropped connections)
 //! switchable at run time over HTTP (`PUT /__control/{provider}`). See README.md.
 //!
-//! Failure pattern is deterministic: with failure rate `r`, the n-th call since the rate was set
-//! (n = 0, 1, ...) fails iff `floor((n+1)*r) > floor(n*r)`; r = 0.5 fails every second call.
-//! Thread per connection (capped), HTTP/1.1 keep-alive, `Content-Length` bodies only (chunked
-//! request bodies get 411). Bad input gets a 400 and a closed connection; nothing panics.
+//! * Failures are deterministic: with failure rate `r`, the n-th provider call since the rate was
+//!   last set (or the provider reset), n = 0, 1, 2, ..., fails iff `floor((n+1)*r) > floor(n*r)`
+//!   (evaluated with a 1e-9 tolerance so decimal rates such as 0.1 give exact counts). `r = 1`
+//!   fails every call, `r = 0.5` every second call (n = 1, 3, 5, ...), `r = 0` never.
+//! * HTTP/1.1 with keep-alive and `Connection: close`; request bodies framed by `Content-Length`
+//!   or `Transfer-Encoding: chunked` (decoded); `Expect: 100-continue` is answered.
+//! * One thread per connection, at most [`MAX_CONNECTIONS`] at once (503 beyond that).
+//! * Malformed input gets a 4xx JSON error and the connection is closed; nothing read from the
+//!   network can panic the server.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-const MAX_CONNECTIONS: usize = 512;
+/// Concurrent connections served by [`start`]; further connections get a 503 and are closed.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Largest request head (request line + headers), bytes; 431 beyond.
 const MAX_HEAD: usize = 16 * 1024;
+/// Most request headers; 431 beyond.
+const MAX_HEADERS: usize = 64;
+/// Largest request body, bytes; 413 beyond.
 const MAX_BODY: usize = 8 << 20;
+/// A connection idle (or stalled mid-request) this long is closed.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound of `latency_ms`.
+const MAX_LATENCY_MS: u64 = 60_000;
+/// Most extra response headers in a provider's config.
+const MAX_EXTRA_HEADERS: usize = 32;
+/// Slack in the failure pattern's floor() so that e.g. 0.1 * 30 counts as 3.
+const PATTERN_EPSILON: f64 = 1e-9;
 
-/// A provider's behaviour.
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+/// A provider's behaviour (the `config` object of the control API).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Behaviour {
-    /// Delay before answering, ms.
+    /// Delay before answering a call or health probe, ms (<= 60000).
     pub latency_ms: u64,
-    /// Status of failing responses.
+    /// Status of failing responses (100..=599, default 500).
     pub status: u16,
-    /// Fraction of calls that fail, 0..=1 (deterministic pattern).
+    /// Fraction of calls that fail, 0..=1 (deterministic pattern, see the crate docs).
     pub failure_rate: f64,
-    /// Fail by closing the connection without a response.
+    /// Fail by closing the connection without any response.
     pub drop_connection: bool,
-    /// `Retry-After` seconds on failures (always sent with 429).
+    /// `Retry-After` seconds on failures (failures with status 429 always carry it, default 1).
     pub retry_after_s: Option<u64>,
-    /// Completion tokens reported in `usage`.
+    /// Completion tokens reported in `usage` (default 16).
     pub completion_tokens: u32,
     /// Replaces the success body verbatim.
     pub body: Option<String>,
@@ -58,18 +80,18 @@ impl Default for Behaviour {
     }
 }
 
-/// Counters of one provider.
+/// Counters of one provider (the `counters` object of the control API).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
-    /// Provider calls.
+    /// Provider calls (not health probes, not control calls).
     pub requests: u64,
-    /// Successful calls.
+    /// Calls answered 200.
     pub successes: u64,
     /// Failed calls answered with the failure status.
     pub failures: u64,
     /// Failed calls whose connection was dropped.
     pub dropped: u64,
-    /// Health probes.
+    /// Health probes (`/{provider}/health`).
     pub health_checks: u64,
     /// Provider calls that carried an `Authorization` header.
     pub authorized: u64,
@@ -85,59 +107,77 @@ struct Provider {
     pattern_n: u64,
 }
 
-/// The control-plane update: every field optional, unknown fields refused.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Update {
-    latency_ms: Option<u64>,
-    status: Option<u16>,
-    failure_rate: Option<f64>,
-    drop_connection: Option<bool>,
-    retry_after_s: Option<Option<u64>>,
-    completion_tokens: Option<u32>,
-    #[serde(default, deserialize_with = "explicit")]
-    body: Option<Option<String>>,
-    #[serde(default, deserialize_with = "explicit")]
-    headers: Option<Option<BTreeMap<String, String>>>,
+#[derive(Serialize)]
+struct ProviderView<'a> {
+    name: &'a str,
+    config: &'a Behaviour,
+    counters: &'a Counters,
 }
 
-fn explicit<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Ok(Some(Option::deserialize(d)?))
+struct Shared {
+    providers: Mutex<BTreeMap<String, Provider>>,
+    stop: AtomicBool,
+    active: AtomicUsize,
+    max_connections: usize,
 }
 
-type Providers = Arc<Mutex<BTreeMap<String, Provider>>>;
+impl Shared {
+    fn providers(&self) -> MutexGuard<'_, BTreeMap<String, Provider>> {
+        // Nothing panics while holding the lock, but never let one poisoned lock end the mock.
+        self.providers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
-/// A running server. Stops accepting when dropped or shut down.
+/// Frees a connection slot when the connection's thread ends (or never starts).
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------------
+
+/// A running mock. Stops accepting connections when dropped or [`Server::shutdown`]; connections
+/// already open are closed after their current request (best effort, nothing is joined).
 pub struct Server {
-    port: u16,
-    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
 }
 
 impl Server {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:PORT` (a wildcard bind address is given as loopback).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", reachable(self.addr))
     }
 
-    /// Blocks until the server stops (used by the binary).
+    /// Stops accepting new connections (best effort; returns at once).
+    pub fn shutdown(&self) {
+        if !self.shared.stop.swap(true, Ordering::SeqCst) {
+            // Wake the accept loop so that it sees the flag and drops the listener.
+            let _ = TcpStream::connect_timeout(&reachable(self.addr), Duration::from_secs(1));
+        }
+    }
+
+    /// Blocks until the server stops (the binary's main thread).
     pub fn join(mut self) {
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-    }
-
-    /// Stops accepting new connections (best effort).
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
@@ -147,166 +187,430 @@ impl Drop for Server {
     }
 }
 
-/// Starts the server on `addr` (e.g. `127.0.0.1:0` for a free port).
-pub fn start(addr: &str) -> std::io::Result<Server> {
+/// The address a client on this machine can connect to for a bound address.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// Starts the mock on `addr` (`127.0.0.1:0` picks a free port) and returns at once.
+pub fn start(addr: &str) -> io::Result<Server> {
+    start_with_limit(addr, MAX_CONNECTIONS)
+}
+
+/// [`start`] with another cap on concurrent connections (at least 1).
+pub fn start_with_limit(addr: &str, max_connections: usize) -> io::Result<Server> {
     let listener = TcpListener::bind(addr)?;
-    let port = listener.local_addr()?.port();
-    let stop = Arc::new(AtomicBool::new(false));
-    let providers: Providers = Arc::default();
-    let active = Arc::new(AtomicUsize::new(0));
-    let stop2 = stop.clone();
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        providers: Mutex::default(),
+        stop: AtomicBool::new(false),
+        active: AtomicUsize::new(0),
+        max_connections: max_connections.max(1),
+    });
+    let for_loop = shared.clone();
     let accept = std::thread::Builder::new()
         .name("mock-accept".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = conn else { continue };
-                if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    let mut s = stream;
-                    let _ = write_response(
-                        &mut s,
-                        503,
-                        &[],
-                        br#"{"error":"too many connections"}"#,
-                        true,
-                    );
-                    continue;
-                }
-                active.fetch_add(1, Ordering::SeqCst);
-                let (providers, active) = (providers.clone(), active.clone());
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("mock-conn".into())
-                        .spawn(move || {
-                            serve_connection(stream, &providers);
-                            active.fetch_sub(1, Ordering::SeqCst);
-                        });
-                if spawned.is_err() {
-                    // Could not spawn: the stream was moved into the failed closure and is closed.
-                }
-            }
-        })?;
+        .spawn(move || accept_loop(listener, &for_loop))?;
     Ok(Server {
-        port,
-        stop,
+        addr,
+        shared,
         accept: Some(accept),
     })
 }
 
-struct HttpRequest {
+fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
+    for conn in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match conn {
+            Ok(s) => s,
+            Err(_) => {
+                // e.g. out of file descriptors: back off instead of spinning.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        // Only this thread takes slots, so the check and the increment cannot race.
+        if shared.active.load(Ordering::SeqCst) >= shared.max_connections {
+            reject(stream);
+            continue;
+        }
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(shared.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mock-conn".into())
+            .spawn(move || {
+                let slot = slot;
+                serve_connection(stream, &slot.0);
+            });
+        // If the thread could not be spawned, the closure (stream and slot) was dropped: the
+        // connection is closed and its slot freed.
+        drop(spawned);
+    }
+}
+
+/// Answers a connection over the cap with 503 without reading from it.
+fn reject(mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let resp = error_response(503, "too many connections");
+    let _ = write_response(&mut stream, &resp, true, false);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1
+// ---------------------------------------------------------------------------------------------
+
+struct Request {
     method: String,
-    path: String,
+    /// The request target in origin form (`/alpha/v1/x?q=1`).
+    target: String,
+    /// Header names lower-cased.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     close: bool,
 }
 
-enum ReadError {
-    Closed,
-    Bad(u16, &'static str),
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Result<HttpRequest, ReadError> {
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+enum Answer {
+    Respond(Response),
+    /// Close the connection without writing anything.
+    Drop,
+}
+
+enum ReadError {
+    /// The peer went away (or idled out) between requests: close quietly.
+    Closed,
+    /// Answer with this status and message, then close.
+    Bad(u16, String),
+}
+
+fn bad(status: u16, msg: &str) -> ReadError {
+    ReadError::Bad(status, msg.to_string())
+}
+
+fn serve_connection(stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    while !shared.stop.load(Ordering::SeqCst) {
+        let req = match read_request(&mut reader, &mut writer) {
+            Ok(r) => r,
+            Err(ReadError::Closed) => break,
+            Err(ReadError::Bad(status, msg)) => {
+                let _ = write_response(&mut writer, &error_response(status, &msg), true, false);
+                linger_close(&mut reader, &mut writer);
+                return;
+            }
+        };
+        match handle(&req, shared) {
+            Answer::Respond(resp) => {
+                // A 1xx as a final answer leaves the client waiting: end the exchange.
+                let close = req.close || resp.status < 200;
+                let head_only = req.method == "HEAD";
+                if write_response(&mut writer, &resp, close, head_only).is_err() || close {
+                    break;
+                }
+            }
+            Answer::Drop => break,
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Both);
+}
+
+/// Closes after an error answer without resetting the connection over unread input (which could
+/// discard the answer before the client reads it): half-close, then drain briefly.
+fn linger_close(reader: &mut BufReader<TcpStream>, writer: &mut TcpStream) {
+    let _ = writer.shutdown(Shutdown::Write);
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 8192];
+    let mut drained = 0usize;
+    while Instant::now() < deadline && drained < 1 << 20 {
+        match reader.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Both);
+}
+
+/// Reads the request head up to and including the blank line.
+fn read_head(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, ReadError> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
+        let budget = (MAX_HEAD + 1 - head.len()) as u64;
         let n = reader
             .by_ref()
-            .take(MAX_HEAD as u64)
+            .take(budget)
             .read_until(b'\n', &mut line)
             .map_err(|_| ReadError::Closed)?;
         if n == 0 {
             return Err(if head.is_empty() {
                 ReadError::Closed
             } else {
-                ReadError::Bad(400, "truncated request")
+                bad(400, "truncated request head")
             });
         }
-        head.extend_from_slice(&line);
-        if head.len() > MAX_HEAD {
-            return Err(ReadError::Bad(431, "request head too large"));
+        if head.len() + line.len() > MAX_HEAD {
+            return Err(bad(431, "request head too large"));
+        }
+        if !line.ends_with(b"\n") {
+            return Err(bad(400, "truncated request head"));
         }
         if line == b"\r\n" || line == b"\n" {
-            if head.len() == line.len() {
-                head.clear(); // tolerate blank lines between requests
-                continue;
+            if head.is_empty() {
+                continue; // blank lines before a request line are tolerated
             }
-            break;
+            head.extend_from_slice(&line);
+            return Ok(head);
         }
+        head.extend_from_slice(&line);
     }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&head) {
+}
+
+fn read_request(
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+) -> Result<Request, ReadError> {
+    let head = read_head(reader)?;
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    match parsed.parse(&head) {
         Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(ReadError::Bad(400, "malformed request")),
+        Err(httparse::Error::TooManyHeaders) => return Err(bad(431, "too many request headers")),
+        _ => return Err(bad(400, "malformed request")),
     }
-    let method = req.method.unwrap_or("GET").to_string();
-    let path = req.path.unwrap_or("/").to_string();
-    let version = req.version.unwrap_or(1);
-    let headers: Vec<(String, String)> = req
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(bad(400, "malformed request line"));
+    };
+    let method = method.to_string();
+    let target = origin_form(target).to_string();
+    let headers: Vec<(String, String)> = parsed
         .headers
         .iter()
         .map(|h| {
             (
                 h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
             )
         })
         .collect();
-    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        return Err(ReadError::Bad(
-            411,
-            "chunked request bodies are not supported; send Content-Length",
-        ));
-    }
-    let len = match get("content-length") {
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| ReadError::Bad(400, "bad Content-Length"))?,
-        None => 0,
+    let values = |name: &'static str| header_values(&headers, name);
+    let tokens = |name: &'static str| -> Vec<String> {
+        values(name)
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
     };
-    if len > MAX_BODY {
-        return Err(ReadError::Bad(413, "body too large"));
-    }
-    let mut body = vec![0; len];
-    reader
-        .read_exact(&mut body)
-        .map_err(|_| ReadError::Bad(400, "truncated body"))?;
-    let conn = get("connection").map(|v| v.to_ascii_lowercase());
-    let close =
-        conn.as_deref() == Some("close") || (version == 0 && conn.as_deref() != Some("keep-alive"));
-    Ok(HttpRequest {
+    let connection = tokens("connection");
+    let mut close = if version == 0 {
+        !connection.iter().any(|t| t == "keep-alive")
+    } else {
+        connection.iter().any(|t| t == "close")
+    };
+
+    // Body framing (RFC 9112 section 6): Transfer-Encoding wins over Content-Length.
+    let codings = tokens("transfer-encoding");
+    let body = if !codings.is_empty() {
+        if codings.last().map(String::as_str) != Some("chunked") {
+            return Err(bad(
+                400,
+                "Transfer-Encoding must end with chunked (or send Content-Length)",
+            ));
+        }
+        if values("content-length").next().is_some() {
+            close = true; // both framings: honour chunked, then don't trust the stream further
+        }
+        continue_if_expected(&headers, writer)?;
+        read_chunked(reader)?
+    } else {
+        let mut len: Option<u64> = None;
+        for v in values("content-length") {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(400, "bad Content-Length"));
+            }
+            let n = v.parse::<u64>().unwrap_or(u64::MAX);
+            if len.is_some_and(|l| l != n) {
+                return Err(bad(400, "conflicting Content-Length headers"));
+            }
+            len = Some(n);
+        }
+        let len = len.unwrap_or(0);
+        if len > MAX_BODY as u64 {
+            return Err(bad(413, "request body too large"));
+        }
+        if len > 0 {
+            continue_if_expected(&headers, writer)?;
+        }
+        let mut body = Vec::with_capacity((len as usize).min(64 * 1024));
+        let got = reader
+            .by_ref()
+            .take(len)
+            .read_to_end(&mut body)
+            .map_err(|_| bad(400, "truncated request body"))?;
+        if (got as u64) < len {
+            return Err(bad(400, "truncated request body"));
+        }
+        body
+    };
+    Ok(Request {
         method,
-        path,
+        target,
         headers,
         body,
         close,
     })
 }
 
+fn header_values<'a>(
+    headers: &'a [(String, String)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    headers
+        .iter()
+        .filter(move |(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Sends `100 Continue` when the client waits for it before sending its body.
+fn continue_if_expected(
+    headers: &[(String, String)],
+    writer: &mut TcpStream,
+) -> Result<(), ReadError> {
+    let expects = headers
+        .iter()
+        .any(|(k, v)| k == "expect" && v.eq_ignore_ascii_case("100-continue"));
+    if expects {
+        writer
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(|_| ReadError::Closed)?;
+    }
+    Ok(())
+}
+
+/// One line of a chunked body without its line ending; `limit` bytes at most.
+fn read_chunk_line(reader: &mut BufReader<TcpStream>, limit: usize) -> Result<Vec<u8>, ReadError> {
+    let mut line = Vec::new();
+    reader
+        .by_ref()
+        .take(limit as u64 + 2)
+        .read_until(b'\n', &mut line)
+        .map_err(|_| bad(400, "truncated chunked body"))?;
+    if line.pop() != Some(b'\n') {
+        return Err(bad(400, "truncated chunked body or overlong chunk line"));
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, ReadError> {
+    let mut body = Vec::new();
+    loop {
+        let line = read_chunk_line(reader, 1024)?;
+        let size_field = line.split(|&b| b == b';').next().unwrap_or_default();
+        let size_text = std::str::from_utf8(size_field).unwrap_or("").trim();
+        if size_text.is_empty()
+            || size_text.len() > 15
+            || !size_text.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(bad(400, "bad chunk size"));
+        }
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad(400, "bad chunk size"))?;
+        if size == 0 {
+            // Trailer fields (ignored) up to the blank line.
+            let mut trailers = 0usize;
+            loop {
+                let t = read_chunk_line(reader, MAX_HEAD)?;
+                if t.is_empty() {
+                    return Ok(body);
+                }
+                trailers += t.len();
+                if trailers > MAX_HEAD {
+                    return Err(bad(431, "chunked trailers too large"));
+                }
+            }
+        }
+        if body.len().saturating_add(size) > MAX_BODY {
+            return Err(bad(413, "request body too large"));
+        }
+        let got = reader
+            .by_ref()
+            .take(size as u64)
+            .read_to_end(&mut body)
+            .map_err(|_| bad(400, "truncated chunked body"))?;
+        if got < size {
+            return Err(bad(400, "truncated chunked body"));
+        }
+        if !read_chunk_line(reader, 0)?.is_empty() {
+            return Err(bad(400, "chunk data longer than its size"));
+        }
+    }
+}
+
+/// `http://host/x?y` -> `/x?y`; origin-form targets unchanged.
+fn origin_form(target: &str) -> &str {
+    for scheme in ["http://", "https://"] {
+        if target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = &target[scheme.len()..];
+            return rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+    }
+    target
+}
+
 fn write_response(
     stream: &mut TcpStream,
-    status: u16,
-    headers: &[(String, String)],
-    body: &[u8],
+    resp: &Response,
     close: bool,
-) -> std::io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n",
-        reason(status),
-        body.len()
-    );
-    if !headers
+    head_only: bool,
+) -> io::Result<()> {
+    let status = resp.status;
+    // 1xx, 204 and 304 have no body (and 1xx/204 no Content-Length) by definition.
+    let no_body = status < 200 || status == 204 || status == 304;
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    if !(status < 200 || status == 204) {
+        let len = if no_body { 0 } else { resp.body.len() };
+        out.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    let has_type = resp
+        .headers
         .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-    {
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if !no_body && !has_type {
         out.push_str("Content-Type: application/json\r\n");
     }
-    for (k, v) in headers {
+    for (k, v) in &resp.headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
     out.push_str(if close {
@@ -316,21 +620,38 @@ fn write_response(
     });
     // One write: head and body in separate segments would meet Nagle + delayed ACK (40 ms).
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
+    if !no_body && !head_only {
+        bytes.extend_from_slice(&resp.body);
+    }
     stream.write_all(&bytes)?;
     stream.flush()
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
         411 => "Length Required",
-        413 => "Payload Too Large",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -338,239 +659,351 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn serve_connection(stream: TcpStream, providers: &Providers) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let _ = stream.set_nodelay(true);
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    loop {
-        let req = match read_request(&mut reader) {
-            Ok(r) => r,
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Bad(status, msg)) => {
-                let body = json!({ "error": { "message": msg } }).to_string();
-                let _ = write_response(&mut writer, status, &[], body.as_bytes(), true);
-                let _ = writer.shutdown(Shutdown::Both);
-                return;
-            }
-        };
-        match handle(&req, providers) {
-            Answer::Respond {
-                status,
-                headers,
-                body,
-            } => {
-                if write_response(&mut writer, status, &headers, &body, req.close).is_err()
-                    || req.close
-                {
-                    let _ = writer.shutdown(Shutdown::Both);
-                    return;
-                }
-            }
-            Answer::Drop => {
-                let _ = writer.shutdown(Shutdown::Both);
-                return;
-            }
-        }
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------------
 
-enum Answer {
-    Respond {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    },
-    Drop,
-}
-
-fn json_answer(status: u16, v: Value) -> Answer {
-    Answer::Respond {
+fn json_response(status: u16, v: &Value) -> Response {
+    Response {
         status,
         headers: vec![],
         body: v.to_string().into_bytes(),
     }
 }
 
+fn error_response(status: u16, msg: &str) -> Response {
+    json_response(
+        status,
+        &json!({ "error": { "message": msg, "status": status } }),
+    )
+}
+
+fn provider_body(name: &str, p: &Provider) -> Vec<u8> {
+    let view = ProviderView {
+        name,
+        config: &p.behaviour,
+        counters: &p.counters,
+    };
+    serde_json::to_vec(&view).unwrap_or_default()
+}
+
+fn provider_response(name: &str, p: &Provider) -> Answer {
+    Answer::Respond(Response {
+        status: 200,
+        headers: vec![],
+        body: provider_body(name, p),
+    })
+}
+
+/// `[a-z0-9_-]{1,32}`.
 fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
+    (1..=32).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn provider_json(name: &str, p: &Provider) -> Value {
-    json!({ "name": name, "config": p.behaviour, "counters": p.counters })
+fn is_provider(s: &str) -> bool {
+    valid_name(s) && s != "__control"
 }
 
-fn handle(req: &HttpRequest, providers: &Providers) -> Answer {
-    let path = req.path.split('?').next().unwrap_or("/");
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let Ok(mut map) = providers.lock() else {
-        return json_answer(500, json!({"error": {"message": "state lock poisoned"}}));
+fn handle(req: &Request, shared: &Shared) -> Answer {
+    let path = req.target.split(['?', '#']).next().unwrap_or("/");
+    let segs: Vec<&str> = match path.strip_prefix('/') {
+        Some(p) => p.split('/').collect(),
+        None => vec![],
     };
+    let method = req.method.as_str();
     match segs.as_slice() {
-        ["health"] => json_answer(200, json!({"ok": true})),
-        ["__control"] if req.method == "GET" => {
-            let all: Vec<Value> = map.iter().map(|(n, p)| provider_json(n, p)).collect();
-            json_answer(200, json!({ "providers": all }))
+        ["health"] => Answer::Respond(json_response(200, &json!({ "ok": true }))),
+        ["__control"] if method == "GET" => {
+            let map = shared.providers();
+            let mut out = b"{\"providers\":[".to_vec();
+            for (i, (name, p)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&provider_body(name, p));
+            }
+            out.extend_from_slice(b"]}");
+            Answer::Respond(Response {
+                status: 200,
+                headers: vec![],
+                body: out,
+            })
         }
-        ["__control", "reset"] if req.method == "POST" => {
-            map.clear();
-            json_answer(200, json!({"reset": true}))
+        ["__control"] => not_allowed("GET"),
+        ["__control", "reset"] if method == "POST" => {
+            shared.providers().clear();
+            Answer::Respond(json_response(200, &json!({ "reset": true })))
         }
-        ["__control", name] if valid_name(name) => match req.method.as_str() {
-            "GET" => json_answer(
-                200,
-                provider_json(name, map.entry(name.to_string()).or_default()),
-            ),
-            "DELETE" => {
-                map.insert(name.to_string(), Provider::default());
-                json_answer(200, provider_json(name, &map[*name]))
-            }
-            "PUT" => {
-                let update: Update = match serde_json::from_slice(&req.body) {
-                    Ok(u) => u,
-                    Err(e) => {
-                        return json_answer(
-                            400,
-                            json!({"error": {"message": format!("invalid control JSON: {e}")}}),
-                        )
-                    }
-                };
-                let p = map.entry(name.to_string()).or_default();
-                let mut b = p.behaviour.clone();
-                if let Some(v) = update.latency_ms {
-                    if v > 60_000 {
-                        return json_answer(
-                            400,
-                            json!({"error": {"message": "latency_ms must be <= 60000"}}),
-                        );
-                    }
-                    b.latency_ms = v;
-                }
-                if let Some(v) = update.status {
-                    if !(100..=599).contains(&v) {
-                        return json_answer(
-                            400,
-                            json!({"error": {"message": "status must be 100..=599"}}),
-                        );
-                    }
-                    b.status = v;
-                }
-                let rate_changed = update.failure_rate.is_some();
-                if let Some(v) = update.failure_rate {
-                    if !(0.0..=1.0).contains(&v) {
-                        return json_answer(
-                            400,
-                            json!({"error": {"message": "failure_rate must be in [0,1]"}}),
-                        );
-                    }
-                    b.failure_rate = v;
-                }
-                if let Some(v) = update.drop_connection {
-                    b.drop_connection = v;
-                }
-                if let Some(v) = update.retry_after_s {
-                    b.retry_after_s = v;
-                }
-                if let Some(v) = update.completion_tokens {
-                    b.completion_tokens = v;
-                }
-                if let Some(v) = update.body {
-                    b.body = v;
-                }
-                if let Some(v) = update.headers {
-                    b.headers = v;
-                }
-                p.behaviour = b;
-                if rate_changed {
-                    p.pattern_n = 0;
-                }
-                json_answer(200, provider_json(name, p))
-            }
-            _ => json_answer(405, json!({"error": {"message": "use GET, PUT or DELETE"}})),
-        },
-        [name, "health"] if valid_name(name) && *name != "__control" => {
-            let p = map.entry(name.to_string()).or_default();
-            p.counters.health_checks += 1;
-            let b = p.behaviour.clone();
-            drop(map);
-            std::thread::sleep(Duration::from_millis(b.latency_ms));
-            let healthy = b.failure_rate == 0.0 && !b.drop_connection;
-            if healthy {
-                json_answer(200, json!({"ok": true, "provider": name}))
-            } else if b.drop_connection {
-                Answer::Drop
-            } else {
-                failure(name, &b)
-            }
-        }
-        [name, ..] if valid_name(name) && segs.len() >= 2 && *name != "__control" => {
-            let p = map.entry(name.to_string()).or_default();
-            p.counters.requests += 1;
-            if let Some((_, v)) = req.headers.iter().find(|(k, _)| k == "authorization") {
-                p.counters.authorized += 1;
-                p.counters.last_authorization = Some(v.clone());
-            }
-            let n = p.pattern_n;
-            p.pattern_n += 1;
-            let r = p.behaviour.failure_rate;
-            let fails = ((n + 1) as f64 * r).floor() > (n as f64 * r).floor();
-            let b = p.behaviour.clone();
-            let id = p.counters.requests;
-            if fails {
-                if b.drop_connection {
-                    p.counters.dropped += 1;
-                } else {
-                    p.counters.failures += 1;
-                }
-            } else {
-                p.counters.successes += 1;
-            }
-            drop(map);
-            std::thread::sleep(Duration::from_millis(b.latency_ms));
-            if fails {
-                return if b.drop_connection {
-                    Answer::Drop
-                } else {
-                    failure(name, &b)
-                };
-            }
-            success(name, id, req, &b)
-        }
-        _ => json_answer(
-            404,
-            json!({"error": {"message": format!("nothing at {path}")}}),
-        ),
+        ["__control", name] if valid_name(name) => control(req, name, shared),
+        [name, "health"] if is_provider(name) => health_probe(req, name, shared),
+        [name, _, ..] if is_provider(name) => provider_call(req, name, shared),
+        _ => Answer::Respond(error_response(404, &format!("nothing at {path}"))),
     }
 }
 
-fn failure(name: &str, b: &Behaviour) -> Answer {
-    let mut headers = vec![];
-    if b.status == 429 || b.retry_after_s.is_some() {
-        headers.push((
-            "Retry-After".to_string(),
-            b.retry_after_s.unwrap_or(1).to_string(),
-        ));
+fn not_allowed(allow: &str) -> Answer {
+    let mut resp = error_response(405, &format!("method not allowed; use {allow}"));
+    resp.headers.push(("Allow".to_string(), allow.to_string()));
+    Answer::Respond(resp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control plane
+// ---------------------------------------------------------------------------------------------
+
+/// The control-plane update: every field optional, unknown fields refused. `body`, `headers`
+/// and `retry_after_s` accept `null` (clear); the other fields refuse it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Update {
+    #[serde(default, deserialize_with = "present")]
+    latency_ms: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    status: Option<u16>,
+    #[serde(default, deserialize_with = "present")]
+    failure_rate: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
+    drop_connection: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    retry_after_s: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    completion_tokens: Option<u32>,
+    #[serde(default, deserialize_with = "nullable")]
+    body: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    headers: Option<Option<BTreeMap<String, String>>>,
+}
+
+/// A field that, when present, must hold a value (not `null`).
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A field that, when present, may be `null` (`Some(None)`), told apart from absent (`None`).
+fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::deserialize(d).map(Some)
+}
+
+/// RFC 9110 token characters (header names).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), String> {
+    if headers.len() > MAX_EXTRA_HEADERS {
+        return Err(format!("at most {MAX_EXTRA_HEADERS} headers"));
     }
-    headers.push(("X-Mock-Provider".to_string(), name.to_string()));
-    let body =
-        json!({"error": {"message": "injected failure", "provider": name, "status": b.status}});
-    Answer::Respond {
+    for (k, v) in headers {
+        if k.is_empty() || !k.bytes().all(is_tchar) {
+            return Err(format!("header name {k:?} is not a valid HTTP token"));
+        }
+        let lower = k.to_ascii_lowercase();
+        if ["content-length", "transfer-encoding", "connection"].contains(&lower.as_str()) {
+            return Err(format!("header {k:?} is set by the mock itself"));
+        }
+        if v.len() > 8192 || v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(format!(
+                "header {k:?} has a value with control characters or over 8192 bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Validates `update` against `current`; returns the new behaviour and whether the failure rate
+/// was set. Nothing is applied on error.
+fn apply_update(current: &Behaviour, body: &[u8]) -> Result<(Behaviour, bool), String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("invalid control JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("the control body must be a JSON object".to_string());
+    }
+    let update: Update =
+        serde_json::from_value(value).map_err(|e| format!("invalid control JSON: {e}"))?;
+    let mut b = current.clone();
+    if let Some(v) = update.latency_ms {
+        if v > MAX_LATENCY_MS {
+            return Err(format!("latency_ms must be <= {MAX_LATENCY_MS}"));
+        }
+        b.latency_ms = v;
+    }
+    if let Some(v) = update.status {
+        if !(100..=599).contains(&v) {
+            return Err("status must be in 100..=599".to_string());
+        }
+        b.status = v;
+    }
+    if let Some(v) = update.failure_rate {
+        if !(0.0..=1.0).contains(&v) {
+            return Err("failure_rate must be in [0, 1]".to_string());
+        }
+        b.failure_rate = v;
+    }
+    if let Some(v) = update.drop_connection {
+        b.drop_connection = v;
+    }
+    if let Some(v) = update.retry_after_s {
+        b.retry_after_s = v;
+    }
+    if let Some(v) = update.completion_tokens {
+        b.completion_tokens = v;
+    }
+    if let Some(v) = update.body {
+        b.body = v;
+    }
+    if let Some(v) = update.headers {
+        if let Some(h) = &v {
+            check_headers(h)?;
+        }
+        b.headers = v;
+    }
+    Ok((b, update.failure_rate.is_some()))
+}
+
+fn control(req: &Request, name: &str, shared: &Shared) -> Answer {
+    let mut map = shared.providers();
+    match req.method.as_str() {
+        "GET" => provider_response(name, map.entry(name.to_string()).or_default()),
+        "DELETE" => {
+            let p = map.entry(name.to_string()).or_default();
+            *p = Provider::default();
+            provider_response(name, p)
+        }
+        "PUT" => {
+            let p = map.entry(name.to_string()).or_default();
+            match apply_update(&p.behaviour, &req.body) {
+                Ok((behaviour, rate_set)) => {
+                    p.behaviour = behaviour;
+                    if rate_set {
+                        p.pattern_n = 0;
+                    }
+                    provider_response(name, p)
+                }
+                Err(msg) => Answer::Respond(error_response(400, &msg)),
+            }
+        }
+        _ => not_allowed("GET, PUT, DELETE"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Provider calls
+// ---------------------------------------------------------------------------------------------
+
+/// Whether call `n` (0-based) fails at rate `r`: `floor((n+1)*r) > floor(n*r)`.
+fn fails_at(n: u64, r: f64) -> bool {
+    let at = |k: u64| (k as f64 * r + PATTERN_EPSILON).floor();
+    at(n + 1) > at(n)
+}
+
+fn common_headers(req: &Request, name: &str) -> Vec<(String, String)> {
+    let mut headers = vec![("X-Mock-Provider".to_string(), name.to_string())];
+    if let Some(id) = req.header("x-request-id") {
+        headers.push(("X-Request-Id".to_string(), id.to_string()));
+    }
+    headers
+}
+
+fn health_probe(req: &Request, name: &str, shared: &Shared) -> Answer {
+    let b = {
+        let mut map = shared.providers();
+        let p = map.entry(name.to_string()).or_default();
+        p.counters.health_checks += 1;
+        p.behaviour.clone()
+    };
+    std::thread::sleep(Duration::from_millis(b.latency_ms));
+    if b.drop_connection {
+        Answer::Drop
+    } else if b.failure_rate > 0.0 {
+        failure(req, name, &b)
+    } else {
+        let mut resp = json_response(200, &json!({ "ok": true, "provider": name }));
+        resp.headers = common_headers(req, name);
+        Answer::Respond(resp)
+    }
+}
+
+fn provider_call(req: &Request, name: &str, shared: &Shared) -> Answer {
+    let (b, fails, id) = {
+        let mut map = shared.providers();
+        let p = map.entry(name.to_string()).or_default();
+        p.counters.requests += 1;
+        if let Some(v) = req.header("authorization") {
+            p.counters.authorized += 1;
+            p.counters.last_authorization = Some(v.to_string());
+        }
+        let fails = fails_at(p.pattern_n, p.behaviour.failure_rate);
+        p.pattern_n += 1;
+        match (fails, p.behaviour.drop_connection) {
+            (false, _) => p.counters.successes += 1,
+            (true, false) => p.counters.failures += 1,
+            (true, true) => p.counters.dropped += 1,
+        }
+        (p.behaviour.clone(), fails, p.counters.requests)
+    };
+    std::thread::sleep(Duration::from_millis(b.latency_ms));
+    match (fails, b.drop_connection) {
+        (false, _) => success(req, name, id, &b),
+        (true, false) => failure(req, name, &b),
+        (true, true) => Answer::Drop,
+    }
+}
+
+fn failure(req: &Request, name: &str, b: &Behaviour) -> Answer {
+    let mut headers = common_headers(req, name);
+    if b.status == 429 || b.retry_after_s.is_some() {
+        let secs = b.retry_after_s.unwrap_or(1);
+        headers.push(("Retry-After".to_string(), secs.to_string()));
+    }
+    let body = json!({
+        "error": { "message": "injected failure", "provider": name, "status": b.status }
+    });
+    Answer::Respond(Response {
         status: b.status,
         headers,
         body: body.to_string().into_bytes(),
-    }
+    })
 }
 
-fn success(name: &str, id: u64, req: &HttpRequest, b: &Behaviour) -> Answer {
-    let mut headers = vec![("X-Mock-Provider".to_string(), name.to_string())];
-    if let Some((_, v)) = req.headers.iter().find(|(k, _)| k == "x-request-id") {
-        headers.push(("X-Request-Id".to_string(), v.clone()));
-    }
+/// The success body; a struct so that the fields keep this (OpenAI-like) order.
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: String,
+    object: &'a str,
+    provider: &'a str,
+    model: &'a str,
+    method: &'a str,
+    path: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: Message<'a>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'a str,
+    content: String,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+fn success(req: &Request, name: &str, id: u64, b: &Behaviour) -> Answer {
+    let mut headers = common_headers(req, name);
     if let Some(extra) = &b.headers {
         headers.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
@@ -579,29 +1012,89 @@ fn success(name: &str, id: u64, req: &HttpRequest, b: &Behaviour) -> Answer {
         None => {
             let prompt = (req.body.len() as u64).div_ceil(4).max(1);
             let completion = u64::from(b.completion_tokens);
-            let path = req
-                .path
-                .splitn(3, '/')
-                .nth(2)
-                .map(|p| format!("/{p}"))
-                .unwrap_or_default();
-            json!({
-                "id": format!("mock-{name}-{id}"),
-                "object": "chat.completion",
-                "provider": name,
-                "model": "mock-1",
-                "method": req.method,
-                "path": path,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("hello from {name}")}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-            })
-            .to_string()
-            .into_bytes()
+            // The target after `/{name}`, e.g. `/v1/chat/completions` (query kept).
+            let path = req.target.get(name.len() + 1..).unwrap_or("/");
+            let body = Completion {
+                id: format!("mock-{name}-{id}"),
+                object: "chat.completion",
+                provider: name,
+                model: "mock-1",
+                method: &req.method,
+                path,
+                choices: [Choice {
+                    index: 0,
+                    message: Message {
+                        role: "assistant",
+                        content: format!("hello from {name}"),
+                    },
+                    finish_reason: "stop",
+                }],
+                usage: Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    total_tokens: prompt + completion,
+                },
+            };
+            serde_json::to_vec(&body).unwrap_or_default()
         }
     };
-    Answer::Respond {
+    Answer::Respond(Response {
         status: 200,
         headers,
         body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_pattern_counts_are_exact() {
+        let fails = |r: f64, n: u64| (0..n).filter(|&i| fails_at(i, r)).count();
+        assert_eq!(fails(0.0, 100), 0);
+        assert_eq!(fails(1.0, 100), 100);
+        assert_eq!(fails(0.5, 10), 5);
+        assert_eq!(fails(0.1, 10), 1);
+        assert_eq!(fails(0.1, 100), 10);
+        assert_eq!(fails(0.29, 100), 29);
+        assert_eq!(fails(0.7, 10), 7);
+        assert_eq!(fails(1.0 / 3.0, 9), 3);
+        let half: Vec<bool> = (0..4).map(|i| fails_at(i, 0.5)).collect();
+        assert_eq!(half, [false, true, false, true]);
+    }
+
+    #[test]
+    fn provider_names_follow_the_pattern() {
+        assert!(valid_name("alpha") && valid_name("a-b_9") && valid_name(&"a".repeat(32)));
+        assert!(!valid_name("") && !valid_name("Alpha") && !valid_name(&"a".repeat(33)));
+        assert!(!valid_name("a.b") && !valid_name("a b"));
+        assert!(!is_provider("__control"));
+    }
+
+    #[test]
+    fn absolute_form_targets_become_origin_form() {
+        assert_eq!(origin_form("/a/b?c"), "/a/b?c");
+        assert_eq!(origin_form("http://h:1/a/b?c"), "/a/b?c");
+        assert_eq!(origin_form("HTTPS://h"), "/");
+    }
+
+    #[test]
+    fn control_headers_cannot_break_framing() {
+        let cur = Behaviour::default();
+        for bad in [
+            r#"{"headers":{"X-A":"a\r\nX-B: b"}}"#,
+            r#"{"headers":{"Bad Name":"x"}}"#,
+            r#"{"headers":{"Content-Length":"3"}}"#,
+            r#"{"headers":{"":"x"}}"#,
+        ] {
+            assert!(apply_update(&cur, bad.as_bytes()).is_err(), "{bad}");
+        }
+        let (b, rate) = apply_update(&cur, br#"{"headers":{"Set-Cookie":"a=1"}}"#).unwrap();
+        assert!(!rate);
+        assert_eq!(
+            b.headers.unwrap().get("Set-Cookie").map(String::as_str),
+            Some("a=1")
+        );
     }
 }
