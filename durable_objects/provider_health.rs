@@ -62,10 +62,9 @@ impl ProviderHealthDO {
             .first()
             .and_then(|r| r.first())
             .and_then(text);
-        Ok(match text_value.as_deref() {
-            Some("least_latency") => Strategy::LeastLatency,
-            _ => Strategy::Weighted,
-        })
+        Ok(Strategy::from_name(
+            text_value.as_deref().unwrap_or("weighted"),
+        ))
     }
 
     fn build(db: &Db, specs: Vec<ProviderSpec>) -> Result<Balancer, GatewayError> {
@@ -125,11 +124,21 @@ impl ProviderHealthDO {
             .enumerate()
             .map(|(i, spec)| {
                 let health = b.health(i).cloned().unwrap_or_default();
+                let circuit = health.circuit_at(now);
+                let (p50, p95, p99) = (
+                    health.latency.quantile(0.5),
+                    health.latency.quantile(0.95),
+                    health.latency.quantile(0.99),
+                );
                 ProviderStatus {
                     spec: spec.clone(),
                     healthy: b.in_rotation(i, now),
                     health,
                     budget_left_micro_usd: b.budget_left(i, now),
+                    circuit,
+                    latency_p50_ms: p50,
+                    latency_p95_ms: p95,
+                    latency_p99_ms: p99,
                 }
             })
             .collect();
@@ -151,10 +160,7 @@ impl ProviderHealthDO {
             } => {
                 gateway_core::balancer::validate_group(&providers)?;
                 Self::store_specs(&db, &providers)?;
-                let name = match strategy {
-                    Strategy::Weighted => "weighted",
-                    Strategy::LeastLatency => "least_latency",
-                };
+                let name = strategy.name();
                 db.exec(
                     "INSERT INTO _meta (key, value) VALUES ('strategy', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     vec![name.into()],
@@ -177,9 +183,15 @@ impl ProviderHealthDO {
                 let (_, b) = guard
                     .as_mut()
                     .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
-                let pick = b.pick_excluding(now, &exclude).ok_or_else(|| {
-                    GatewayError::Unavailable("every provider of the group was tried".into())
-                })?;
+                let pick = b
+                    .pick_excluding(
+                        now,
+                        &exclude,
+                        (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64,
+                    )
+                    .ok_or_else(|| {
+                        GatewayError::Unavailable("every provider of the group was tried".into())
+                    })?;
                 Ok((Reply::Picked(pick), true))
             }
             Request::ReportMany { group, outcomes } => {

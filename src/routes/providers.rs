@@ -140,6 +140,7 @@ pub async fn report(mut req: Request, env: &Env, cfg: &Config, group: &str) -> A
             retry_after_ms: body.retry_after_ms,
             input_tokens: body.input_tokens,
             output_tokens: body.output_tokens,
+            error: None,
         },
     };
     match send(env, group, msg).await? {

@@ -108,6 +108,28 @@ fn failures_eject_and_the_probe_alarm_restores_a_healed_provider() {
     assert!(v["providers"][0]["health"]["probes"].as_u64().unwrap() >= 1);
     assert_eq!(v["providers"][0]["health"]["last_probe_ok"], true);
     assert!(v["object"]["alarm"]["runs"].as_u64().unwrap() >= 1);
+    // The passing probe made it half-open: the next request to it is a trial, whose success
+    // closes the circuit (with slow start).
+    assert_eq!(v["providers"][0]["circuit"], "half_open");
+    let mut tried = false;
+    for _ in 0..4 {
+        let p =
+            s.rt.send("POST", &format!("/v1/providers/{group}/pick"), &[], None)
+                .json();
+        if p["name"] == name.as_str() {
+            let r = s.rt.post_json(
+                &format!("/v1/providers/{group}/report"),
+                &json!({"provider": name, "ok": true, "latency_ms": 12}),
+            );
+            assert_eq!(r.status, 200);
+            tried = true;
+            break;
+        }
+    }
+    assert!(tried, "the half-open provider was offered a trial");
+    let v = s.rt.get(&format!("/v1/providers/{group}")).json();
+    assert_eq!(v["providers"][0]["circuit"], "closed");
+    assert!(v["providers"][0]["latency_p50_ms"].as_f64().is_some());
 }
 
 #[test]

@@ -302,3 +302,35 @@ fn usage_is_costed_and_an_exhausted_budget_takes_a_provider_out_of_rotation() {
     }
     assert_eq!(mock_counters(&pricey)["requests"].as_u64().unwrap(), before);
 }
+
+#[test]
+fn least_latency_sends_most_traffic_to_the_fastest_provider() {
+    let rt = &shared().rt;
+    let s = shared();
+    let g = unique("ll").replace('-', "_");
+    let slow = format!("slow_{}", unique("").replace('-', ""));
+    let fast = format!("fast_{}", unique("").replace('-', ""));
+    control(&slow, json!({"latency_ms": 150}));
+    let providers = json!({"strategy": "least_latency", "providers": [
+        {"name": slow, "url": format!("{}/{slow}", s.upstream.url())},
+        {"name": fast, "url": format!("{}/{fast}", s.upstream.url())}
+    ]});
+    assert_eq!(
+        rt.admin("PUT", &format!("/v1/providers/{g}"), &providers)
+            .status,
+        200
+    );
+    for i in 0..30 {
+        assert_eq!(rt.get(&format!("/v1/proxy/{g}/ll/{i}")).status, 200);
+    }
+    let (f, sl) = (
+        mock_counters(&fast)["requests"].as_u64().unwrap(),
+        mock_counters(&slow)["requests"].as_u64().unwrap(),
+    );
+    println!("least_latency over 30 requests: fast {f}, slow {sl}");
+    assert!(f >= 25, "fast {f}, slow {sl}");
+    assert_eq!(
+        rt.get(&format!("/v1/providers/{g}")).json()["strategy"],
+        "least_latency"
+    );
+}

@@ -12,6 +12,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod sketch;
+
+use sketch::LatencySketch;
+
 use crate::validate;
 use crate::{GatewayError, UnixMillis};
 
@@ -198,12 +202,83 @@ pub struct ProviderHealth {
     pub budget_period_start: UnixMillis,
     /// Spent in the current budget period, micro-USD.
     pub budget_spent_micro_usd: u64,
+    /// Circuit state as last recorded (an `Open` circuit past `ejected_until` is half-open).
+    pub circuit: Circuit,
+    /// Trial requests in flight while half-open.
+    pub half_open_in_flight: u32,
+    /// When the circuit last closed (slow start ramps the weight from here).
+    pub closed_at: Option<UnixMillis>,
+    /// Picks not yet reported (used by `p2c`).
+    pub in_flight: u32,
+    /// 5xx answers.
+    pub server_errors: u64,
+    /// Timeouts.
+    pub timeouts: u64,
+    /// Connection errors (refused, reset, dropped).
+    pub connection_errors: u64,
+    /// Start of the current failure-rate window.
+    pub window_start: UnixMillis,
+    /// Outcomes in the current window.
+    pub window_requests: u64,
+    /// Failures in the current window.
+    pub window_failures: u64,
+    /// Latency quantiles (1 % relative error, mergeable).
+    pub latency: LatencySketch,
 }
 
+/// Circuit-breaker state of a provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Circuit {
+    /// In rotation.
+    #[default]
+    Closed,
+    /// Ejected until `ejected_until`.
+    Open,
+    /// Trying again: at most `HALF_OPEN_MAX_IN_FLIGHT` trial requests at once; one success
+    /// closes it (with slow start), one failure opens it again for longer.
+    HalfOpen,
+}
+
+/// Trial requests allowed at once in the half-open state.
+pub const HALF_OPEN_MAX_IN_FLIGHT: u32 = 1;
+/// Slow start after closing: the weight ramps from 10 % to 100 % over this long.
+pub const SLOW_START_MS: i64 = 30_000;
+/// Failure-rate ejection: a window of this long...
+pub const FAILURE_WINDOW_MS: i64 = 60_000;
+/// ...with at least this many outcomes...
+pub const FAILURE_MIN_SAMPLE: u64 = 10;
+/// ...of which at least this share (percent) failed.
+pub const FAILURE_RATE_PERCENT: u64 = 50;
+
 impl ProviderHealth {
-    /// Whether it is in rotation at `now`: not ejected and not cooling down.
+    /// The circuit at `now` (an open circuit whose ejection has ended is half-open).
+    pub fn circuit_at(&self, now: UnixMillis) -> Circuit {
+        match self.circuit {
+            Circuit::Open if self.ejected_until.is_none_or(|t| t <= now) => Circuit::HalfOpen,
+            c => c,
+        }
+    }
+
+    /// Whether it is in rotation at `now`: circuit closed (or half-open with room for a trial)
+    /// and not cooling down after a 429.
     pub fn is_healthy(&self, now: UnixMillis) -> bool {
-        self.ejected_until.is_none_or(|t| t <= now) && self.cooldown_until.is_none_or(|t| t <= now)
+        let circuit_ok = match self.circuit_at(now) {
+            Circuit::Closed => self.ejected_until.is_none_or(|t| t <= now),
+            Circuit::Open => false,
+            Circuit::HalfOpen => self.half_open_in_flight < HALF_OPEN_MAX_IN_FLIGHT,
+        };
+        circuit_ok && self.cooldown_until.is_none_or(|t| t <= now)
+    }
+
+    /// Slow-start share of the weight at `now`, in percent (10..=100).
+    pub fn weight_percent(&self, now: UnixMillis) -> i64 {
+        match self.closed_at {
+            Some(t) if now.since(t) < SLOW_START_MS => {
+                (10 + 90 * now.since(t) / SLOW_START_MS).clamp(10, 100)
+            }
+            _ => 100,
+        }
     }
 
     /// When it comes back into rotation (the later of ejection and cooldown), if it is out.
@@ -225,6 +300,33 @@ pub enum Strategy {
     Weighted,
     /// The healthy provider with the lowest latency EWMA (providers without data first).
     LeastLatency,
+    /// Power of two choices: two random healthy providers, the one with less
+    /// `(in flight + 1) × latency` wins (randomness is passed in).
+    P2c,
+    /// The cheapest healthy provider among those within 1.5× (or 50 ms) of the fastest.
+    Cost,
+}
+
+impl Strategy {
+    /// The wire/config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Weighted => "weighted",
+            Strategy::LeastLatency => "least_latency",
+            Strategy::P2c => "p2c",
+            Strategy::Cost => "cost",
+        }
+    }
+
+    /// Parses a name (unknown names are the default).
+    pub fn from_name(name: &str) -> Strategy {
+        match name {
+            "least_latency" => Strategy::LeastLatency,
+            "p2c" => Strategy::P2c,
+            "cost" => Strategy::Cost,
+            _ => Strategy::Weighted,
+        }
+    }
 }
 
 /// Passive-health thresholds.
@@ -262,6 +364,20 @@ pub struct Outcome {
     pub input_tokens: u32,
     /// Output (completion) tokens the answer reported.
     pub output_tokens: u32,
+    /// What kind of failure, when it failed.
+    pub error: Option<ErrorClass>,
+}
+
+/// Failure classes counted per provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// A 5xx answer.
+    ServerError,
+    /// No answer in time.
+    Timeout,
+    /// Refused, reset or dropped.
+    Connection,
 }
 
 /// The provider chosen for a request.
@@ -368,13 +484,19 @@ impl Balancer {
 
     /// Picks a provider at `now`; `None` only for an empty group.
     pub fn pick(&mut self, now: UnixMillis) -> Option<Pick> {
-        self.pick_excluding(now, &[])
+        self.pick_excluding(now, &[], 0)
     }
 
     /// Picks a provider not in `exclude` (the ones a request already tried). When no healthy
     /// provider is left, the least-bad one not excluded (the one back soonest) is returned with
     /// `panic: true`; `None` when every provider is excluded.
-    pub fn pick_excluding(&mut self, now: UnixMillis, exclude: &[String]) -> Option<Pick> {
+    /// `rand` is a uniformly random number from the caller (only `p2c` uses it).
+    pub fn pick_excluding(
+        &mut self,
+        now: UnixMillis,
+        exclude: &[String],
+        rand: u64,
+    ) -> Option<Pick> {
         let candidates: Vec<usize> = (0..self.specs.len())
             .filter(|&i| !exclude.contains(&self.specs[i].name))
             .collect();
@@ -387,18 +509,26 @@ impl Balancer {
             let i = candidates
                 .into_iter()
                 .min_by_key(|&i| self.health[i].back_at(now))?;
+            self.health[i].in_flight = self.health[i].in_flight.saturating_add(1);
             let s = &self.specs[i];
             return Some(Pick::of(s, true));
         }
+        let latency = |h: &ProviderHealth| {
+            if h.requests == 0 {
+                0.0
+            } else {
+                h.latency_ewma_ms
+            }
+        };
         let best = match self.strategy {
             Strategy::Weighted => {
-                let total: i64 = healthy
-                    .iter()
-                    .map(|&i| i64::from(self.specs[i].weight))
-                    .sum();
+                let w = |b: &Balancer, i: usize| {
+                    i64::from(b.specs[i].weight) * b.health[i].weight_percent(now)
+                };
+                let total: i64 = healthy.iter().map(|&i| w(self, i)).sum();
                 let mut best = healthy[0];
                 for &i in &healthy {
-                    self.scores[i] += i64::from(self.specs[i].weight);
+                    self.scores[i] += w(self, i);
                     if self.scores[i] > self.scores[best] {
                         best = i;
                     }
@@ -409,21 +539,59 @@ impl Balancer {
             Strategy::LeastLatency => healthy
                 .iter()
                 .copied()
-                .min_by(|&a, &b| {
-                    let la = if self.health[a].requests == 0 {
-                        0.0
-                    } else {
-                        self.health[a].latency_ewma_ms
-                    };
-                    let lb = if self.health[b].requests == 0 {
-                        0.0
-                    } else {
-                        self.health[b].latency_ewma_ms
-                    };
-                    la.total_cmp(&lb)
-                })
+                .min_by(|&a, &b| latency(&self.health[a]).total_cmp(&latency(&self.health[b])))
                 .unwrap_or(healthy[0]),
+            Strategy::P2c => {
+                let n = healthy.len() as u64;
+                let a = (rand % n) as usize;
+                let b = if n < 2 {
+                    a
+                } else {
+                    ((a as u64 + 1 + (rand / n) % (n - 1)) % n) as usize
+                };
+                let (a, b) = (healthy[a], healthy[b]);
+                let load = |i: usize| {
+                    (f64::from(self.health[i].in_flight) + 1.0) * latency(&self.health[i]).max(1.0)
+                };
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+            Strategy::Cost => {
+                let fastest = healthy
+                    .iter()
+                    .map(|&i| &self.health[i])
+                    .filter(|h| h.requests > 0)
+                    .map(|h| h.latency_ewma_ms)
+                    .fold(f64::INFINITY, f64::min);
+                let bound = if fastest.is_finite() {
+                    (fastest * 1.5).max(fastest + 50.0)
+                } else {
+                    f64::INFINITY
+                };
+                let unit_cost = |i: usize| {
+                    let h = &self.health[i];
+                    let observed = h.cost_micro_usd.checked_div(h.requests).unwrap_or(0);
+                    observed.max(self.specs[i].cost_per_request_micro_usd)
+                };
+                healthy
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        self.health[i].requests == 0 || self.health[i].latency_ewma_ms <= bound
+                    })
+                    .min_by_key(|&i| unit_cost(i))
+                    .unwrap_or(healthy[0])
+            }
         };
+        let h = &mut self.health[best];
+        h.in_flight = h.in_flight.saturating_add(1);
+        if h.circuit_at(now) == Circuit::HalfOpen {
+            h.circuit = Circuit::HalfOpen;
+            h.half_open_in_flight = h.half_open_in_flight.saturating_add(1);
+        }
         let s = &self.specs[best];
         Some(Pick::of(s, false))
     }
@@ -432,6 +600,11 @@ impl Balancer {
     pub fn report(&mut self, name: &str, outcome: Outcome, now: UnixMillis) -> Option<usize> {
         let i = self.position(name)?;
         let h = &mut self.health[i];
+        h.in_flight = h.in_flight.saturating_sub(1);
+        let trial = h.circuit_at(now) == Circuit::HalfOpen;
+        if trial {
+            h.half_open_in_flight = h.half_open_in_flight.saturating_sub(1);
+        }
         if let Some(ms) = outcome.retry_after_ms {
             h.rate_limited += 1;
             h.cooldown_until = Some(now.plus_ms(i64::try_from(ms).unwrap_or(i64::MAX)));
@@ -454,14 +627,50 @@ impl Balancer {
         } else {
             0.8 * h.latency_ewma_ms + 0.2 * l
         };
+        h.latency.record(outcome.latency_ms);
+        if now.since(h.window_start) >= FAILURE_WINDOW_MS {
+            h.window_start = now;
+            h.window_requests = 0;
+            h.window_failures = 0;
+        }
+        h.window_requests += 1;
+        match outcome.error {
+            Some(ErrorClass::ServerError) => h.server_errors += 1,
+            Some(ErrorClass::Timeout) => h.timeouts += 1,
+            Some(ErrorClass::Connection) => h.connection_errors += 1,
+            None => {}
+        }
         if outcome.ok {
             h.successes += 1;
             h.consecutive_failures = 0;
+            if trial {
+                // A trial request succeeded: close, with slow start.
+                h.circuit = Circuit::Closed;
+                h.ejected_until = None;
+                h.closed_at = Some(now);
+            }
         } else {
             h.failures += 1;
-            self.note_failure(i, now);
+            h.window_failures += 1;
+            if trial {
+                self.eject(i, now);
+            } else {
+                self.note_failure(i, now);
+            }
         }
         Some(i)
+    }
+
+    /// Opens the circuit for the next (doubling) ejection time.
+    fn eject(&mut self, i: usize, now: UnixMillis) {
+        let base = self.policy.base_ejection_ms;
+        let h = &mut self.health[i];
+        h.ejections = h.ejections.saturating_add(1);
+        let factor = 1u64 << (h.ejections - 1).min(6);
+        let ms = base.saturating_mul(factor);
+        h.circuit = Circuit::Open;
+        h.half_open_in_flight = 0;
+        h.ejected_until = Some(now.plus_ms(i64::try_from(ms).unwrap_or(i64::MAX)));
     }
 
     fn note_failure(&mut self, i: usize, now: UnixMillis) {
@@ -474,11 +683,11 @@ impl Balancer {
         let room = (ejected + 1) * 100 <= policy.max_ejected_percent as usize * self.specs.len();
         let h = &mut self.health[i];
         h.consecutive_failures = h.consecutive_failures.saturating_add(1);
-        if h.consecutive_failures >= policy.consecutive_failures && h.is_healthy(now) && room {
-            h.ejections = h.ejections.saturating_add(1);
-            let factor = 1u64 << (h.ejections - 1).min(6);
-            let ms = policy.base_ejection_ms.saturating_mul(factor);
-            h.ejected_until = Some(now.plus_ms(i64::try_from(ms).unwrap_or(i64::MAX)));
+        let by_streak = h.consecutive_failures >= policy.consecutive_failures;
+        let by_rate = h.window_requests >= FAILURE_MIN_SAMPLE
+            && h.window_failures * 100 >= FAILURE_RATE_PERCENT * h.window_requests;
+        if (by_streak || by_rate) && h.circuit_at(now) == Circuit::Closed && room {
+            self.eject(i, now);
         }
     }
 
@@ -495,7 +704,8 @@ impl Balancer {
             .collect()
     }
 
-    /// Records a probe result; a passing probe ends an ejection, a failing one counts as a failure.
+    /// Records a probe result. A passing probe moves an open circuit to half-open (the next
+    /// request is a trial); a failing one counts as a failure, and reopens a half-open circuit.
     pub fn on_probe(&mut self, name: &str, ok: bool, now: UnixMillis) -> Option<usize> {
         let i = self.position(name)?;
         {
@@ -505,11 +715,20 @@ impl Balancer {
             h.last_probe_ok = Some(ok);
             if ok {
                 h.consecutive_failures = 0;
-                h.ejected_until = None;
+                if h.circuit == Circuit::Open {
+                    h.circuit = Circuit::HalfOpen;
+                    h.ejected_until = None;
+                    h.half_open_in_flight = 0;
+                }
             }
         }
         if !ok {
-            self.note_failure(i, now);
+            if self.health[i].circuit_at(now) == Circuit::HalfOpen {
+                self.health[i].failures += 1;
+                self.eject(i, now);
+            } else {
+                self.note_failure(i, now);
+            }
         }
         Some(i)
     }
@@ -560,6 +779,7 @@ mod tests {
             retry_after_ms: None,
             input_tokens: 0,
             output_tokens: 0,
+            error: None,
         };
         b.report("a", fail, UnixMillis(0));
         assert!(b.health(0).unwrap().is_healthy(UnixMillis(0)));
@@ -595,6 +815,7 @@ mod tests {
                 retry_after_ms: None,
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             UnixMillis(0),
         );
@@ -606,6 +827,7 @@ mod tests {
                 retry_after_ms: None,
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             UnixMillis(500),
         );
@@ -625,6 +847,7 @@ mod tests {
                 retry_after_ms: Some(2000),
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             UnixMillis(0),
         );
@@ -643,11 +866,13 @@ mod tests {
     fn excluded_providers_are_skipped_and_exhaustion_is_none() {
         let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], EjectionPolicy::default());
         assert_eq!(
-            b.pick_excluding(UnixMillis(0), &["a".into()]).unwrap().name,
+            b.pick_excluding(UnixMillis(0), &["a".into()], 0)
+                .unwrap()
+                .name,
             "b"
         );
         assert_eq!(
-            b.pick_excluding(UnixMillis(0), &["a".into(), "b".into()]),
+            b.pick_excluding(UnixMillis(0), &["a".into(), "b".into()], 0),
             None
         );
     }
@@ -667,6 +892,7 @@ mod tests {
                 retry_after_ms: None,
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             UnixMillis(0),
         );
@@ -683,6 +909,7 @@ mod tests {
                 retry_after_ms: None,
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             UnixMillis(1),
         );
@@ -760,6 +987,151 @@ mod tests {
     }
 
     #[test]
+    fn circuit_opens_goes_half_open_admits_one_trial_and_closes_with_slow_start() {
+        let policy = EjectionPolicy {
+            consecutive_failures: 2,
+            base_ejection_ms: 1000,
+            max_ejected_percent: 100,
+        };
+        let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], policy);
+        let fail = Outcome {
+            ok: false,
+            latency_ms: 5,
+            ..Outcome::default()
+        };
+        let ok = Outcome {
+            ok: true,
+            latency_ms: 5,
+            ..Outcome::default()
+        };
+        b.report("a", fail, UnixMillis(0));
+        b.report("a", fail, UnixMillis(0));
+        assert_eq!(
+            b.health(0).unwrap().circuit_at(UnixMillis(999)),
+            Circuit::Open
+        );
+        assert_eq!(
+            b.health(0).unwrap().circuit_at(UnixMillis(1000)),
+            Circuit::HalfOpen
+        );
+        // Half-open: exactly one trial at a time.
+        let picks: Vec<String> = (0..4)
+            .map(|_| b.pick(UnixMillis(1000)).unwrap().name)
+            .collect();
+        assert_eq!(picks.iter().filter(|p| *p == "a").count(), 1, "{picks:?}");
+        // The trial fails: open again, for twice as long.
+        b.report("a", fail, UnixMillis(1010));
+        assert_eq!(b.health(0).unwrap().ejected_until, Some(UnixMillis(3010)));
+        // A passing probe moves it to half-open; a successful trial closes it.
+        b.on_probe("a", true, UnixMillis(1500));
+        assert_eq!(b.health(0).unwrap().circuit, Circuit::HalfOpen);
+        while b.pick(UnixMillis(1500)).unwrap().name != "a" {}
+        b.report("a", ok, UnixMillis(1600));
+        let h = b.health(0).unwrap();
+        assert_eq!(h.circuit, Circuit::Closed);
+        assert_eq!(
+            h.weight_percent(UnixMillis(1600)),
+            10,
+            "slow start begins at 10 %"
+        );
+        assert_eq!(h.weight_percent(UnixMillis(1600 + SLOW_START_MS / 2)), 55);
+        assert_eq!(h.weight_percent(UnixMillis(1600 + SLOW_START_MS)), 100);
+    }
+
+    #[test]
+    fn failure_rate_over_the_window_ejects_even_without_a_streak() {
+        let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], EjectionPolicy::default());
+        for i in 0..12 {
+            let o = Outcome {
+                ok: i % 2 == 0,
+                latency_ms: 5,
+                ..Outcome::default()
+            };
+            b.report("a", o, UnixMillis(i));
+        }
+        assert_eq!(
+            b.health(0).unwrap().circuit,
+            Circuit::Open,
+            "50 % of 10+ outcomes failed"
+        );
+        assert!(
+            b.health(0).unwrap().consecutive_failures <= 1,
+            "never a streak of 5"
+        );
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded_of_two_random_choices() {
+        let mut b = Balancer::new(
+            vec![spec("slow", 1), spec("fast", 1)],
+            EjectionPolicy::default(),
+        )
+        .with_strategy(Strategy::P2c);
+        b.report(
+            "slow",
+            Outcome {
+                ok: true,
+                latency_ms: 400,
+                ..Outcome::default()
+            },
+            UnixMillis(0),
+        );
+        b.report(
+            "fast",
+            Outcome {
+                ok: true,
+                latency_ms: 10,
+                ..Outcome::default()
+            },
+            UnixMillis(0),
+        );
+        let fast = (0..100u64)
+            .filter(|r| {
+                let p = b
+                    .pick_excluding(UnixMillis(1), &[], r.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                    .unwrap();
+                b.report(
+                    &p.name,
+                    Outcome {
+                        ok: true,
+                        latency_ms: if p.name == "fast" { 10 } else { 400 },
+                        ..Outcome::default()
+                    },
+                    UnixMillis(1),
+                );
+                p.name == "fast"
+            })
+            .count();
+        assert_eq!(fast, 100, "with two providers both are always compared");
+    }
+
+    #[test]
+    fn cost_strategy_takes_the_cheapest_within_the_latency_bound() {
+        let mut cheap_slow = spec("cheap_slow", 1);
+        cheap_slow.cost_per_request_micro_usd = 1;
+        let mut cheap = spec("cheap", 1);
+        cheap.cost_per_request_micro_usd = 10;
+        let mut dear = spec("dear", 1);
+        dear.cost_per_request_micro_usd = 100;
+        let mut b = Balancer::new(vec![cheap_slow, cheap, dear], EjectionPolicy::default())
+            .with_strategy(Strategy::Cost);
+        for (n, l) in [("cheap_slow", 900), ("cheap", 60), ("dear", 50)] {
+            b.report(
+                n,
+                Outcome {
+                    ok: true,
+                    latency_ms: l,
+                    ..Outcome::default()
+                },
+                UnixMillis(0),
+            );
+        }
+        for _ in 0..3 {
+            assert_eq!(b.pick(UnixMillis(1)).unwrap().name, "cheap");
+        }
+    }
+
+    #[test]
     fn rejects_bad_groups() {
         assert!(validate_group(&[]).is_err());
         assert!(validate_group(&[spec("a", 1), spec("a", 2)]).is_err());
@@ -802,6 +1174,7 @@ pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
                 retry_after_ms: Some(retry_after_ms.unwrap_or(1000)),
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             true,
         ),
@@ -812,6 +1185,7 @@ pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
                 retry_after_ms: None,
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             true,
         ),
@@ -822,6 +1196,7 @@ pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
                 retry_after_ms: None,
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             false,
         ),
@@ -832,6 +1207,7 @@ pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
                 retry_after_ms: None,
                 input_tokens: 0,
                 output_tokens: 0,
+                error: None,
             },
             true,
         ),
@@ -876,7 +1252,8 @@ mod judge_tests {
                     latency_ms: 5,
                     retry_after_ms: None,
                     input_tokens: 0,
-                    output_tokens: 0
+                    output_tokens: 0,
+                    error: None
                 },
                 false
             )
@@ -890,7 +1267,8 @@ mod judge_tests {
                     latency_ms: 5,
                     retry_after_ms: None,
                     input_tokens: 0,
-                    output_tokens: 0
+                    output_tokens: 0,
+                    error: None
                 },
                 true
             )

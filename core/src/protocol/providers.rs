@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ObjectStats;
-use crate::balancer::{Outcome, Pick, ProviderHealth, ProviderSpec, Strategy};
+use crate::balancer::{Circuit, Outcome, Pick, ProviderHealth, ProviderSpec, Strategy};
 
 /// A request to a provider group's object. Every message names the group, so the object knows
 /// which defaults from configuration apply on first use.
@@ -59,6 +59,14 @@ pub struct ProviderStatus {
     pub health: ProviderHealth,
     /// Budget left in the current period, micro-USD (when the provider has a budget).
     pub budget_left_micro_usd: Option<u64>,
+    /// Circuit state now.
+    pub circuit: Circuit,
+    /// Median latency (1 % relative error).
+    pub latency_p50_ms: Option<f64>,
+    /// 95th percentile latency.
+    pub latency_p95_ms: Option<f64>,
+    /// 99th percentile latency.
+    pub latency_p99_ms: Option<f64>,
 }
 
 /// A group's live state.
