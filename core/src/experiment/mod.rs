@@ -8,6 +8,8 @@
 //! Assignments are sticky: the Durable Object stores each unit's arm the first time it is
 //! assigned and always answers from storage afterwards, so changing weights never moves a unit.
 
+pub mod stats;
+
 use serde::{Deserialize, Serialize};
 
 use crate::shard::fnv1a64;
