@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 
-use gateway_core::experiment::{analyse, assign, Analysis, ArmTally, ExperimentDef};
+use gateway_core::experiment::{analyse, assign, Analysis, ArmTally, ExperimentDef, Verdict};
 use gateway_core::protocol::experiment::{Request, Response as Reply, State as ExpState};
 use gateway_core::{GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
@@ -115,6 +115,26 @@ impl ExperimentDO {
             }
             Request::Assign { name, unit } => {
                 let (_, def) = self.load(&db, Some(&name), now)?;
+                if let Some(w) = Self::winner(&db)? {
+                    // Concluded: everyone gets the promoted configuration. A unit seen for the
+                    // first time is recorded on the winner, so its outcomes still count.
+                    if let Some(v) = def.variants.iter().find(|v| v.name == w) {
+                        if Self::stored_arm(&db, &unit)?.is_none() {
+                            db.exec(
+                                "INSERT INTO assignments (unit, variant, assigned_at) VALUES (?, ?, ?)",
+                                vec![unit.as_str().into(), w.as_str().into(), now.0.into()],
+                            )?;
+                        }
+                        return Ok((
+                            Reply::Assigned {
+                                variant: w.clone(),
+                                params: v.params.clone(),
+                                new: false,
+                            },
+                            false,
+                        ));
+                    }
+                }
                 if let Some(arm) = Self::stored_arm(&db, &unit)? {
                     if let Some(v) = def.variants.iter().find(|v| v.name == arm) {
                         return Ok((
@@ -166,29 +186,34 @@ impl ExperimentDO {
                 )?;
                 Ok((Reply::Recorded { variant: arm }, true))
             }
-            Request::Get { name } => {
-                let (name, def) = self.load(&db, Some(&name), now)?;
-                let tallies = Self::tallies(&db, &def)?;
-                let analysis: Option<Analysis> = match db
-                    .rows("SELECT snapshot FROM analysis WHERE id = 1", vec![])?
-                    .first()
-                {
-                    Some(row) => Some(decode_blob(col(row, 0)?)?),
-                    None => None,
-                };
-                let object = self.base.object_stats(&db)?;
-                Ok((
-                    Reply::State(ExpState {
-                        name,
-                        def,
-                        tallies,
-                        analysis,
-                        object,
-                    }),
-                    false,
-                ))
+            Request::Analyse { name } => {
+                let (_, def) = self.load(&db, Some(&name), now)?;
+                self.run_analysis(&db, &def, now)?;
+                self.state(&db, now, &name)
             }
+            Request::Get { name } => self.state(&db, now, &name),
         }
+    }
+
+    fn state(&self, db: &Db, now: UnixMillis, name: &str) -> Result<(Reply, bool), GatewayError> {
+        let (name, def) = self.load(db, Some(name), now)?;
+        let tallies = Self::tallies(db, &def)?;
+        let analysis = Self::stored_analysis(db);
+        let object = self.base.object_stats(db)?;
+        let winner = Self::winner(db)?;
+        let promotions = u64::try_from(db.meta("promotions")?).unwrap_or(0);
+        Ok((
+            Reply::State(Box::new(ExpState {
+                name,
+                def,
+                tallies,
+                analysis,
+                object,
+                winner,
+                promotions,
+            })),
+            false,
+        ))
     }
 
     fn interval(&self) -> u64 {
@@ -197,19 +222,65 @@ impl ExperimentDO {
             .unwrap_or(60_000)
     }
 
-    fn analyse(&self, now: UnixMillis) -> Result<bool, GatewayError> {
-        let db = self.base.db(migrations::EXPERIMENT, now)?;
-        let Ok((_, def)) = self.load(&db, None, now) else {
+    fn stored_analysis(db: &Db) -> Option<Analysis> {
+        let rows = db
+            .rows("SELECT snapshot FROM analysis WHERE id = 1", vec![])
+            .ok()?;
+        // A snapshot in an older layout is dropped: the next analysis recomputes it.
+        rows.first()
+            .and_then(|row| col(row, 0).ok().and_then(|v| decode_blob(v).ok()))
+    }
+
+    fn winner(db: &Db) -> Result<Option<String>, GatewayError> {
+        Ok(db
+            .rows("SELECT value FROM _meta WHERE key = 'winner'", vec![])?
+            .first()
+            .and_then(|r| r.first())
+            .and_then(text))
+    }
+
+    /// Analyses now and, when the rule holds and nothing was promoted yet, promotes the winner
+    /// (in the same synchronous block, so concurrent analyses and alarm retries promote once).
+    /// Returns whether the experiment is still running.
+    fn run_analysis(
+        &self,
+        db: &Db,
+        def: &ExperimentDef,
+        now: UnixMillis,
+    ) -> Result<bool, GatewayError> {
+        if Self::winner(db)?.is_some() {
             return Ok(false);
-        };
-        let analysis = analyse(&def, &Self::tallies(&db, &def)?);
+        }
+        let previous = Self::stored_analysis(db);
+        let analysis = analyse(def, &Self::tallies(db, def)?, previous.as_ref());
         db.exec(
             "INSERT INTO analysis (id, snapshot, at) VALUES (1, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot, at = excluded.at",
             vec![encode_blob(&analysis)?, now.0.into()],
         )?;
+        match &analysis.verdict {
+            Verdict::Promote(arm) => {
+                db.exec(
+                    "INSERT INTO _meta (key, value) VALUES ('winner', ?)",
+                    vec![arm.as_str().into()],
+                )?;
+                db.add_meta("promotions", 1)?;
+                db.set_meta("promoted_at", now.0)?;
+                Ok(false)
+            }
+            Verdict::Halt(_) => Ok(false),
+            Verdict::Continue(_) => Ok(true),
+        }
+    }
+
+    fn analyse(&self, now: UnixMillis) -> Result<bool, GatewayError> {
+        let db = self.base.db(migrations::EXPERIMENT, now)?;
+        let Ok((_, def)) = self.load(&db, None, now) else {
+            return Ok(false);
+        };
+        let running = self.run_analysis(&db, &def, now)?;
         self.base.record_alarm_run(&db, now)?;
-        Ok(true)
+        Ok(running)
     }
 }
 

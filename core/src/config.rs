@@ -23,6 +23,9 @@ pub struct ExperimentVar {
     pub seed: Option<String>,
     /// Arms.
     pub variants: Vec<VariantVar>,
+    /// Events per compared arm before a decision (default 1000).
+    #[serde(default)]
+    pub min_sample: Option<u64>,
 }
 
 /// An arm as written in JSON.
@@ -42,6 +45,9 @@ impl ExperimentVar {
     /// Converts to a validated definition for experiment `name`.
     pub fn into_def(self, name: &str) -> Result<ExperimentDef, GatewayError> {
         let def = ExperimentDef {
+            min_sample: self
+                .min_sample
+                .unwrap_or(crate::experiment::DEFAULT_MIN_SAMPLE),
             seed: self.seed.unwrap_or_else(|| name.to_string()),
             variants: self
                 .variants

@@ -96,6 +96,8 @@ pub enum Route {
     ExperimentAssign(String),
     /// `POST /v1/experiments/{name}/events`.
     ExperimentEvent(String),
+    /// `POST /v1/experiments/{name}/analyse` (admin): analyse now, promote if the rule holds.
+    ExperimentAnalyse(String),
     /// `GET /v1/policies`: effective rate-limit policies.
     PoliciesList,
     /// `GET /v1/policies/{name}`.
@@ -123,6 +125,7 @@ impl Route {
             Route::ProviderConfigure(_)
                 | Route::ExperimentDefine(_)
                 | Route::PolicyPut(_)
+                | Route::ExperimentAnalyse(_)
                 | Route::CachePurge
                 | Route::PolicyDelete(_)
                 | Route::RateLimit {
@@ -268,15 +271,15 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
                 Err(not_allowed(m, "GET, PUT"))
             }
         }
-        ["v1", "experiments", exp, action @ ("assign" | "events")] => {
+        ["v1", "experiments", exp, action @ ("assign" | "events" | "analyse")] => {
             if !is("POST") {
                 return Err(not_allowed(m, "POST"));
             }
             let n = name("experiment", exp)?;
-            Ok(if *action == "assign" {
-                Route::ExperimentAssign(n)
-            } else {
-                Route::ExperimentEvent(n)
+            Ok(match *action {
+                "assign" => Route::ExperimentAssign(n),
+                "events" => Route::ExperimentEvent(n),
+                _ => Route::ExperimentAnalyse(n),
             })
         }
         ["v1", "policies"] => {

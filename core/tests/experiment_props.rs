@@ -12,6 +12,7 @@ proptest! {
     ) {
         prop_assume!(weights.iter().any(|w| *w > 0));
         let def = ExperimentDef {
+            min_sample: 1000,
             seed,
             variants: weights.iter().enumerate().map(|(i, w)| Variant { name: format!("v{i}"), weight: *w, params: "{}".into() }).collect(),
         };

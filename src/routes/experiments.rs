@@ -47,7 +47,11 @@ pub fn state_json(s: &State) -> Value {
         "name": s.name,
         "seed": s.def.seed,
         "variants": arms,
+        "min_sample": s.def.min_sample,
         "analysis": s.analysis,
+        "winner": s.winner,
+        "promotions": s.promotions,
+        "status": if s.winner.is_some() { "concluded" } else { "running" },
         "object": s.object,
     })
 }
@@ -55,6 +59,14 @@ pub fn state_json(s: &State) -> Value {
 /// `GET /v1/experiments/{name}`.
 pub async fn get(env: &Env, name: &str) -> AppResult<Response> {
     match send(env, name, ERequest::Get { name: name.into() }).await? {
+        EResponse::State(s) => json(&state_json(&s), 200),
+        _ => Err(unexpected("experiment")),
+    }
+}
+
+/// `POST /v1/experiments/{name}/analyse` (admin): analyse now; promotes when the rule holds.
+pub async fn analyse(env: &Env, name: &str) -> AppResult<Response> {
+    match send(env, name, ERequest::Analyse { name: name.into() }).await? {
         EResponse::State(s) => json(&state_json(&s), 200),
         _ => Err(unexpected("experiment")),
     }

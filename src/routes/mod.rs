@@ -56,6 +56,7 @@ pub async fn dispatch(
         Route::ExperimentGet(name) => experiments::get(env, &name).await,
         Route::ExperimentDefine(name) => experiments::define(req, env, cfg, &name).await,
         Route::ExperimentAssign(name) => experiments::assign(req, env, cfg, &name).await,
+        Route::ExperimentAnalyse(name) => experiments::analyse(env, &name).await,
         Route::ExperimentEvent(name) => experiments::event(req, env, cfg, &name).await,
         Route::Stats { component, id } => stats::stats(env, cfg, component, &id).await,
     }

@@ -143,3 +143,75 @@ fn unknown_experiment_is_404_and_define_needs_admin() {
     )
     .assert_problem(400);
 }
+
+#[test]
+fn a_clear_winner_is_promoted_exactly_once_and_then_used_for_everyone() {
+    let s = shared();
+    let name = unique("promo");
+    let def = json!({"min_sample": 40, "variants": [
+        {"name": "control", "weight": 1, "params": {"cache_ttl_s": 86400}},
+        {"name": "treatment", "weight": 1, "params": {"cache_ttl_s": 172800}}
+    ]});
+    assert_eq!(
+        s.rt.admin("PUT", &format!("/v1/experiments/{name}"), &def)
+            .status,
+        201
+    );
+    // 200 units; the treatment succeeds 90 % of the time, the control 10 %.
+    for i in 0..200 {
+        let u = format!("u{i}");
+        let a =
+            s.rt.post_json(
+                &format!("/v1/experiments/{name}/assign"),
+                &json!({"unit": u}),
+            )
+            .json();
+        let success = if a["variant"] == "treatment" {
+            i % 10 != 0
+        } else {
+            i % 10 == 0
+        };
+        let r = s.rt.post_json(
+            &format!("/v1/experiments/{name}/events"),
+            &json!({"unit": u, "success": success}),
+        );
+        assert_eq!(r.status, 200);
+    }
+    // 50 concurrent analyse calls (plus the alarm): one promotion.
+    let url = s.rt.url(&format!("/v1/experiments/{name}/analyse"));
+    let auth = format!("Bearer {}", gateway_e2e::ADMIN_TOKEN);
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let (url, auth) = (url.clone(), auth.clone());
+            std::thread::spawn(move || {
+                gateway_e2e::send("POST", &url, &[("Authorization", &auth)], None).status
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    let v = s.rt.get(&format!("/v1/experiments/{name}")).json();
+    assert_eq!(v["winner"], "treatment");
+    assert_eq!(v["promotions"], 1, "promoted exactly once");
+    assert_eq!(v["status"], "concluded");
+    assert!(v["analysis"]["arms"][1]["sequential_p"].as_f64().unwrap() < 0.05);
+    // Everyone, old or new, now gets the winner's parameters.
+    for u in ["u1", "brand-new-unit"] {
+        let a =
+            s.rt.post_json(
+                &format!("/v1/experiments/{name}/assign"),
+                &json!({"unit": u}),
+            )
+            .json();
+        assert_eq!(a["variant"], "treatment");
+        assert_eq!(a["params"]["cache_ttl_s"], 172800);
+    }
+    s.rt.send(
+        "POST",
+        &format!("/v1/experiments/{name}/analyse"),
+        &[],
+        None,
+    )
+    .assert_problem(401);
+}

@@ -34,7 +34,18 @@ pub struct ExperimentDef {
     pub seed: String,
     /// The arms; the first is the control.
     pub variants: Vec<Variant>,
+    /// Outcome events each compared arm needs before a decision (the minimum sample).
+    pub min_sample: u64,
 }
+
+/// Default minimum sample per arm (see `core/tests/experiment_sim.rs` for the power it gives).
+pub const DEFAULT_MIN_SAMPLE: u64 = 1_000;
+/// Significance level of the decision rule (split over the treatments, Bonferroni).
+pub const ALPHA: f64 = 0.05;
+/// Sample-ratio mismatch halts the experiment below this p-value.
+pub const SRM_ALPHA: f64 = 0.001;
+/// Mixing variance of the sequential test (effects of about ±3 points).
+pub const TAU2: f64 = 0.0009;
 
 impl ExperimentDef {
     /// Validates: 2..=8 arms, unique names, weights summing to more than zero.
@@ -42,6 +53,9 @@ impl ExperimentDef {
         let bad = |d: String| Err(GatewayError::bad_request("invalid-experiment", d));
         if !(2..=8).contains(&self.variants.len()) {
             return bad("an experiment needs 2 to 8 variants".into());
+        }
+        if !(10..=10_000_000).contains(&self.min_sample) {
+            return bad("min_sample must be 10..=10000000".into());
         }
         if self.seed.is_empty() || self.seed.len() > 128 {
             return bad("seed must be 1 to 128 bytes".into());
@@ -107,30 +121,130 @@ pub struct ArmTally {
     pub successes: u64,
 }
 
+/// One arm compared with the control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmAnalysis {
+    /// Arm name.
+    pub name: String,
+    /// Tallies.
+    pub tally: ArmTally,
+    /// Success rate, when it has events.
+    pub rate: Option<f64>,
+    /// Fixed-horizon two-proportion test against the control (for reporting).
+    pub vs_control: Option<stats::TestResult>,
+    /// Running minimum of the always-valid (mSPRT) p-value over every analysis so far.
+    pub sequential_p: f64,
+}
+
+/// What the analysis concluded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Keep collecting.
+    Continue(String),
+    /// Promote this arm.
+    Promote(String),
+    /// Stop: the data cannot be trusted (sample-ratio mismatch).
+    Halt(String),
+}
+
 /// A snapshot computed by the analysis alarm.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
     /// Per arm: (name, success rate in 0..=1 or None without events).
     pub rates: Vec<(String, Option<f64>)>,
     /// Total events analysed.
     pub events: u64,
+    /// Per arm, the control first.
+    pub arms: Vec<ArmAnalysis>,
+    /// Sample-ratio-mismatch p-value of the assignments against the weights.
+    pub srm_p: Option<f64>,
+    /// The decision so far.
+    pub verdict: Verdict,
 }
 
-/// Computes the per-arm success rates.
-pub fn analyse(def: &ExperimentDef, tallies: &[ArmTally]) -> Analysis {
-    let rates = def
+/// Analyses the tallies. `previous` carries the running minima of the sequential p-values, so
+/// repeated looks never lose evidence and never inflate false positives.
+///
+/// Rule: halt on SRM (p < 0.001); otherwise promote the treatment with the largest positive
+/// effect whose running sequential p-value is below `ALPHA / treatments`, once it and the control
+/// each have `min_sample` events; otherwise continue.
+pub fn analyse(def: &ExperimentDef, tallies: &[ArmTally], previous: Option<&Analysis>) -> Analysis {
+    let t = |i: usize| tallies.get(i).copied().unwrap_or_default();
+    let control = t(0);
+    let arms: Vec<ArmAnalysis> = def
         .variants
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let t = tallies.get(i).copied().unwrap_or_default();
-            let rate = (t.events > 0).then(|| t.successes as f64 / t.events as f64);
-            (v.name.clone(), rate)
+            let a = t(i);
+            let rate = (a.events > 0).then(|| a.successes as f64 / a.events as f64);
+            let (vs_control, p) = if i == 0 {
+                (None, 1.0)
+            } else {
+                (
+                    stats::two_proportion(control.successes, control.events, a.successes, a.events),
+                    stats::msprt_p_value(
+                        control.successes,
+                        control.events,
+                        a.successes,
+                        a.events,
+                        TAU2,
+                    ),
+                )
+            };
+            let prev = previous
+                .and_then(|p| p.arms.iter().find(|x| x.name == v.name))
+                .map_or(1.0, |x| x.sequential_p);
+            ArmAnalysis {
+                name: v.name.clone(),
+                tally: a,
+                rate,
+                vs_control,
+                sequential_p: p.min(prev),
+            }
         })
         .collect();
+    let weighted: Vec<(u64, f64)> = def
+        .variants
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.weight > 0)
+        .map(|(i, v)| (t(i).assigned, f64::from(v.weight)))
+        .collect();
+    let srm_p = stats::srm_p_value(
+        &weighted.iter().map(|w| w.0).collect::<Vec<_>>(),
+        &weighted.iter().map(|w| w.1).collect::<Vec<_>>(),
+    );
+    let treatments = def.variants.len().saturating_sub(1).max(1) as f64;
+    let verdict = if srm_p.is_some_and(|p| p < SRM_ALPHA) {
+        Verdict::Halt(format!(
+            "sample-ratio mismatch (p = {:.2e})",
+            srm_p.unwrap_or(0.0)
+        ))
+    } else if control.events < def.min_sample {
+        Verdict::Continue(format!(
+            "control has {} of {} events",
+            control.events, def.min_sample
+        ))
+    } else {
+        let winner = arms
+            .iter()
+            .skip(1)
+            .filter(|a| a.tally.events >= def.min_sample && a.sequential_p < ALPHA / treatments)
+            .filter_map(|a| a.vs_control.map(|r| (a, r.effect)))
+            .filter(|(_, effect)| *effect > 0.0)
+            .max_by(|x, y| x.1.total_cmp(&y.1));
+        match winner {
+            Some((a, _)) => Verdict::Promote(a.name.clone()),
+            None => Verdict::Continue("no treatment is significantly better yet".into()),
+        }
+    };
     Analysis {
-        rates,
+        rates: arms.iter().map(|a| (a.name.clone(), a.rate)).collect(),
         events: tallies.iter().map(|t| t.events).sum(),
+        arms,
+        srm_p,
+        verdict,
     }
 }
 
@@ -140,6 +254,7 @@ mod tests {
 
     fn def(weights: &[u32]) -> ExperimentDef {
         ExperimentDef {
+            min_sample: DEFAULT_MIN_SAMPLE,
             seed: "ttl-test".into(),
             variants: weights
                 .iter()
@@ -177,6 +292,42 @@ mod tests {
     fn zero_weight_arm_gets_no_new_units() {
         let d = def(&[0, 1, 0]);
         assert!((0..1000).all(|i| assign(&d, &format!("u{i}")) == 1));
+    }
+
+    #[test]
+    fn promotes_a_clear_winner_only_after_the_minimum_sample_and_halts_on_srm() {
+        let mut d = def(&[50, 50]);
+        d.min_sample = 500;
+        let tally = |n: u64, rate: f64| ArmTally {
+            assigned: n,
+            events: n,
+            successes: (n as f64 * rate) as u64,
+        };
+        let small = analyse(&d, &[tally(400, 0.30), tally(400, 0.45)], None);
+        assert!(
+            matches!(small.verdict, Verdict::Continue(_)),
+            "{:?}",
+            small.verdict
+        );
+        let big = analyse(&d, &[tally(2000, 0.30), tally(2000, 0.45)], Some(&small));
+        assert_eq!(big.verdict, Verdict::Promote("v1".into()));
+        let worse = analyse(&d, &[tally(2000, 0.45), tally(2000, 0.30)], None);
+        assert!(
+            matches!(worse.verdict, Verdict::Continue(_)),
+            "a loser is never promoted"
+        );
+        let srm = analyse(
+            &d,
+            &[
+                ArmTally {
+                    assigned: 4500,
+                    ..tally(4500, 0.3)
+                },
+                tally(5500, 0.4),
+            ],
+            None,
+        );
+        assert!(matches!(srm.verdict, Verdict::Halt(_)), "{:?}", srm.verdict);
     }
 
     #[test]

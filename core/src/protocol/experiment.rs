@@ -36,6 +36,11 @@ pub enum Request {
         /// Experiment name.
         name: String,
     },
+    /// Analyse now (and promote if the rule holds); answers the state.
+    Analyse {
+        /// Experiment name.
+        name: String,
+    },
 }
 
 /// An experiment's state.
@@ -51,6 +56,10 @@ pub struct State {
     pub analysis: Option<Analysis>,
     /// Alarm and schema bookkeeping.
     pub object: ObjectStats,
+    /// The promoted arm, once concluded.
+    pub winner: Option<String>,
+    /// Promotions recorded (0 or 1).
+    pub promotions: u64,
 }
 
 /// A reply from an experiment's object.
@@ -76,5 +85,5 @@ pub enum Response {
         variant: String,
     },
     /// State.
-    State(State),
+    State(Box<State>),
 }
