@@ -11,7 +11,7 @@
 //! the lease and wakes them, instead of all going upstream. Waiting on a channel or timer opens
 //! the object's input gate, so the holder's `Put` gets through.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -110,6 +110,15 @@ impl CacheShardDO {
         Ok(())
     }
 
+    /// The shard's SQLite and its loaded index, borrowed for one synchronous step.
+    fn open(&self, now: UnixMillis) -> Result<(Db, RefMut<'_, LruTtlCache<Entry>>), GatewayError> {
+        let db = self.base.db(migrations::CACHE_SHARD, now)?;
+        self.loaded(&db, now)?;
+        let cache = RefMut::filter_map(self.cache.borrow_mut(), Option::as_mut)
+            .map_err(|_| GatewayError::Internal("cache index not loaded".into()))?;
+        Ok((db, cache))
+    }
+
     fn delete_rows(&self, db: &Db, removed: &[Removed]) -> Result<u32, GatewayError> {
         let mut n = 0;
         let mut touched = self.touched.borrow_mut();
@@ -150,12 +159,7 @@ impl CacheShardDO {
         may_wait: bool,
         now: UnixMillis,
     ) -> Result<GetStep, GatewayError> {
-        let db = self.base.db(migrations::CACHE_SHARD, now)?;
-        self.loaded(&db, now)?;
-        let mut guard = self.cache.borrow_mut();
-        let cache = guard
-            .as_mut()
-            .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
+        let (db, mut cache) = self.open(now)?;
         let expired = match cache.get(key, now, allow_sie) {
             Lookup::Fresh {
                 value,
@@ -228,41 +232,27 @@ impl CacheShardDO {
         spec: gateway_core::protocol::cache::PutSpec,
         now: UnixMillis,
     ) -> Result<Reply, GatewayError> {
-        let db = self.base.db(migrations::CACHE_SHARD, now)?;
-        self.loaded(&db, now)?;
         for t in &spec.tags {
             gateway_core::validate::name("tag", t)?;
         }
-        let opts = PutOptions {
+        let (db, mut cache) = self.open(now)?;
+        let meta = PutOptions {
             ttl_ms: spec.ttl_ms,
             stale_while_revalidate_ms: spec.stale_while_revalidate_ms,
             stale_if_error_ms: spec.stale_if_error_ms,
             negative: spec.negative,
-            tags: spec.tags.clone(),
-        };
+            tags: spec.tags,
+        }
+        .into_meta(now);
         let len = value.len() as u64;
-        let removed = {
-            let mut guard = self.cache.borrow_mut();
-            let cache = guard
-                .as_mut()
-                .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
-            cache.put(
-                key.clone(),
-                (value.clone(), content_type.clone()),
-                len,
-                opts.clone(),
-                now,
-            )?
-        };
+        let removed = cache.insert_at(
+            key.clone(),
+            (value.clone(), content_type.clone()),
+            len,
+            meta.clone(),
+        )?;
+        drop(cache);
         let evicted = self.delete_rows(&db, &removed)?;
-        let meta = EntryMeta {
-            stored_at: now,
-            expires_at: now.plus_ms(i64::try_from(opts.ttl_ms).unwrap_or(i64::MAX)),
-            stale_while_revalidate_ms: opts.stale_while_revalidate_ms,
-            stale_if_error_ms: opts.stale_if_error_ms,
-            negative: opts.negative,
-            tags: opts.tags,
-        };
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         db.exec(
             "INSERT INTO entries (key, value, content_type, stored_at, expires_at, last_access, \
@@ -304,36 +294,21 @@ impl CacheShardDO {
                 spec,
             } => Ok((self.put(key, value, content_type, spec, now)?, true)),
             Request::Delete { key } => {
-                let db = self.base.db(migrations::CACHE_SHARD, now)?;
-                self.loaded(&db, now)?;
-                let existed = self
-                    .cache
-                    .borrow_mut()
-                    .as_mut()
-                    .is_some_and(|c| c.delete(&key));
+                let (db, mut cache) = self.open(now)?;
+                let existed = cache.delete(&key);
                 db.exec("DELETE FROM entries WHERE key = ?", vec![key.into()])?;
                 Ok((Reply::Deleted { existed }, false))
             }
             Request::Purge { tags } => {
-                let db = self.base.db(migrations::CACHE_SHARD, now)?;
-                self.loaded(&db, now)?;
-                let removed = self
-                    .cache
-                    .borrow_mut()
-                    .as_mut()
-                    .map(|c| c.purge_tags(&tags))
-                    .unwrap_or_default();
+                let (db, mut cache) = self.open(now)?;
+                let removed = cache.purge_tags(&tags);
+                drop(cache);
                 let n = self.delete_rows(&db, &removed)?;
                 Ok((Reply::Purged { removed: n }, false))
             }
             Request::Stats => {
-                let db = self.base.db(migrations::CACHE_SHARD, now)?;
-                self.loaded(&db, now)?;
+                let (db, cache) = self.open(now)?;
                 let cfg = self.cfg()?;
-                let guard = self.cache.borrow();
-                let cache = guard
-                    .as_ref()
-                    .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
                 Ok((
                     Reply::Stats(Stats {
                         entries: cache.len() as u64,
@@ -394,12 +369,7 @@ impl CacheShardDO {
 
     /// The expiry sweep and access-time write-back; returns when to wake next.
     fn sweep(&self, now: UnixMillis) -> Result<Option<UnixMillis>, GatewayError> {
-        let db = self.base.db(migrations::CACHE_SHARD, now)?;
-        self.loaded(&db, now)?;
-        let mut guard = self.cache.borrow_mut();
-        let cache = guard
-            .as_mut()
-            .ok_or_else(|| GatewayError::Internal("cache index not loaded".into()))?;
+        let (db, mut cache) = self.open(now)?;
         let removed = cache.on_alarm(now);
         // Also catches rows the index never held (e.g. written by an older instance).
         let swept = db.exec_count(

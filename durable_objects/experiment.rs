@@ -232,11 +232,7 @@ impl ExperimentDO {
     }
 
     fn winner(db: &Db) -> Result<Option<String>, GatewayError> {
-        Ok(db
-            .rows("SELECT value FROM _meta WHERE key = 'winner'", vec![])?
-            .first()
-            .and_then(|r| r.first())
-            .and_then(text))
+        db.meta_text("winner")
     }
 
     /// Analyses now and, when the rule holds and nothing was promoted yet, promotes the winner
@@ -260,10 +256,7 @@ impl ExperimentDO {
         )?;
         match &analysis.verdict {
             Verdict::Promote(arm) => {
-                db.exec(
-                    "INSERT INTO _meta (key, value) VALUES ('winner', ?)",
-                    vec![arm.as_str().into()],
-                )?;
+                db.set_meta_text("winner", arm)?;
                 db.add_meta("promotions", 1)?;
                 db.set_meta("promoted_at", now.0)?;
                 Ok(false)

@@ -116,9 +116,27 @@ impl Db {
 
     /// Sets an integer in `_meta`.
     pub fn set_meta(&self, key: &str, value: i64) -> Result<(), GatewayError> {
+        self.put_meta(key, value.into())
+    }
+
+    /// A text value from `_meta`.
+    pub fn meta_text(&self, key: &str) -> Result<Option<String>, GatewayError> {
+        Ok(self
+            .rows("SELECT value FROM _meta WHERE key = ?", vec![key.into()])?
+            .first()
+            .and_then(|r| r.first())
+            .and_then(text))
+    }
+
+    /// Sets a text value in `_meta`.
+    pub fn set_meta_text(&self, key: &str, value: &str) -> Result<(), GatewayError> {
+        self.put_meta(key, value.into())
+    }
+
+    fn put_meta(&self, key: &str, value: SqlStorageValue) -> Result<(), GatewayError> {
         self.exec(
             "INSERT INTO _meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            vec![key.into(), value.into()],
+            vec![key.into(), value],
         )
     }
 

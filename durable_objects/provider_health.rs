@@ -57,14 +57,8 @@ impl ProviderHealthDO {
     }
 
     fn stored_strategy(db: &Db) -> Result<Strategy, GatewayError> {
-        let text_value = db
-            .rows("SELECT value FROM _meta WHERE key = 'strategy'", vec![])?
-            .first()
-            .and_then(|r| r.first())
-            .and_then(text);
-        Ok(Strategy::from_name(
-            text_value.as_deref().unwrap_or("weighted"),
-        ))
+        let name = db.meta_text("strategy")?;
+        Ok(Strategy::from_name(name.as_deref().unwrap_or("weighted")))
     }
 
     fn build(db: &Db, specs: Vec<ProviderSpec>) -> Result<Balancer, GatewayError> {
@@ -89,13 +83,7 @@ impl ProviderHealthDO {
             return Ok(());
         }
         let mut specs = Self::stored_specs(db)?;
-        let mut name = String::new();
-        if let Ok(Some(n)) = db
-            .rows("SELECT value FROM _meta WHERE key = 'group'", vec![])
-            .map(|r| r.first().and_then(|row| row.first()).and_then(text))
-        {
-            name = n;
-        }
+        let mut name = db.meta_text("group")?.unwrap_or_default();
         if specs.is_empty() {
             let group = group.ok_or_else(|| GatewayError::NotFound("no providers".into()))?;
             let cfg = super::config(&self.env)?;
@@ -103,10 +91,7 @@ impl ProviderHealthDO {
                 GatewayError::NotFound(format!("no provider group named {group}"))
             })?;
             Self::store_specs(db, &specs)?;
-            db.exec(
-                "INSERT INTO _meta (key, value) VALUES ('group', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                vec![group.into()],
-            )?;
+            db.set_meta_text("group", group)?;
             name = group.to_string();
         }
         *self.balancer.borrow_mut() = Some((name, Self::build(db, specs)?));
@@ -160,19 +145,12 @@ impl ProviderHealthDO {
             } => {
                 gateway_core::balancer::validate_group(&providers)?;
                 Self::store_specs(&db, &providers)?;
-                let name = strategy.name();
-                db.exec(
-                    "INSERT INTO _meta (key, value) VALUES ('strategy', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    vec![name.into()],
-                )?;
+                db.set_meta_text("strategy", strategy.name())?;
                 db.exec(
                     "DELETE FROM health WHERE name NOT IN (SELECT name FROM providers)",
                     vec![],
                 )?;
-                db.exec(
-                    "INSERT INTO _meta (key, value) VALUES ('group', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    vec![group.as_str().into()],
-                )?;
+                db.set_meta_text("group", &group)?;
                 let n = providers.len() as u32;
                 *self.balancer.borrow_mut() = Some((group, Self::build(&db, providers)?));
                 Ok((Reply::Configured { providers: n }, true))

@@ -6,21 +6,15 @@
 //! alarm deletes rows that no longer affect any decision (full buckets, windows two windows old),
 //! which loses no information. Shard 0 is also the registry that versions policy changes.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{RefCell, RefMut};
 
-use gateway_core::protocol::ratelimit::{
-    PolicyCounters, PolicyEntry, PolicySource, Request, Response as Reply, Stats,
-};
-use gateway_core::rate_limit::policy::{self, KeyState, Policy};
+use gateway_core::protocol::ratelimit::{PolicyCounters, Request, Response as Reply, Stats};
+use gateway_core::rate_limit::policy::{self, KeyState, Overrides, Policy};
 use gateway_core::rate_limit::sliding::WindowState;
 use gateway_core::{rate_limit, GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
 use super::{col, decode_blob, encode_blob, int, migrations, now, text, Base, Db};
-
-/// Stored overrides: name -> (definition or tombstone, version).
-type Overrides = BTreeMap<String, (Option<Policy>, i64)>;
 
 /// The rate-limiter shard.
 #[durable_object(alarm)]
@@ -39,75 +33,29 @@ impl RateLimiterDO {
         if self.overrides.borrow().is_some() {
             return Ok(());
         }
-        let mut map = Overrides::new();
+        let mut overrides = Overrides::default();
         for row in db.rows("SELECT name, spec, version FROM policies", vec![])? {
             let name = text(col(&row, 0)?).unwrap_or_default();
             let spec = match col(&row, 1)? {
                 worker::SqlStorageValue::Null => None,
                 v => Some(decode_blob(v)?),
             };
-            map.insert(name, (spec, int(col(&row, 2)?).unwrap_or(0)));
+            overrides.insert_loaded(name, spec, int(col(&row, 2)?).unwrap_or(0));
         }
-        *self.overrides.borrow_mut() = Some(map);
+        *self.overrides.borrow_mut() = Some(overrides);
         Ok(())
     }
 
-    /// The effective policies: admin overrides over configuration defaults.
-    fn effective(&self, db: &Db) -> Result<Vec<PolicyEntry>, GatewayError> {
+    /// The loaded overrides, borrowed for one synchronous step.
+    fn overrides(&self, db: &Db) -> Result<RefMut<'_, Overrides>, GatewayError> {
         self.load_overrides(db)?;
-        let cfg = super::config(&self.env)?;
-        let guard = self.overrides.borrow();
-        let overrides = guard
-            .as_ref()
-            .ok_or_else(|| GatewayError::Internal("policies not loaded".into()))?;
-        let mut out: BTreeMap<String, PolicyEntry> = cfg
-            .rate_limit_policies
-            .iter()
-            .map(|(n, p)| {
-                (
-                    n.clone(),
-                    PolicyEntry {
-                        name: n.clone(),
-                        policy: *p,
-                        source: PolicySource::Config,
-                        version: 0,
-                    },
-                )
-            })
-            .collect();
-        for (name, (spec, version)) in overrides {
-            match spec {
-                Some(p) => {
-                    out.insert(
-                        name.clone(),
-                        PolicyEntry {
-                            name: name.clone(),
-                            policy: *p,
-                            source: PolicySource::Admin,
-                            version: *version,
-                        },
-                    );
-                }
-                None => {
-                    out.remove(name);
-                }
-            }
-        }
-        Ok(out.into_values().collect())
+        RefMut::filter_map(self.overrides.borrow_mut(), Option::as_mut)
+            .map_err(|_| GatewayError::Internal("policies not loaded".into()))
     }
 
     fn policy(&self, db: &Db, name: &str) -> Result<Policy, GatewayError> {
-        self.load_overrides(db)?;
-        if let Some((spec, _)) = self.overrides.borrow().as_ref().and_then(|o| o.get(name)) {
-            return spec.ok_or_else(|| {
-                GatewayError::NotFound(format!("no rate-limit policy named {name}"))
-            });
-        }
         let cfg = super::config(&self.env)?;
-        cfg.rate_limit_policies
-            .get(name)
-            .copied()
-            .ok_or_else(|| GatewayError::NotFound(format!("no rate-limit policy named {name}")))
+        self.overrides(db)?.resolve(&cfg.rate_limit_policies, name)
     }
 
     fn state(
@@ -192,6 +140,41 @@ impl RateLimiterDO {
         )
     }
 
+    /// A take (`consume`) or a peek: resolve the policy, read the key's state, decide in core,
+    /// and for a take persist the new state and count the decision in the same synchronous step.
+    fn decide_one(
+        &self,
+        db: &Db,
+        policy_name: &str,
+        key: &str,
+        cost: u64,
+        consume: bool,
+        now: UnixMillis,
+    ) -> Result<(Reply, bool), GatewayError> {
+        let policy = self.policy(db, policy_name)?;
+        let state = Self::state(db, &policy, policy_name, key)?;
+        if !consume {
+            let out = policy::peek(&policy, state, cost, now)?;
+            let reply = Reply::Decision {
+                decision: out.decision,
+                shadow_denied: out.shadow_denied,
+                policy,
+            };
+            return Ok((reply, false));
+        }
+        let out = policy::take(&policy, state, cost, now)?;
+        if let Some(s) = out.new_state {
+            Self::persist(db, &policy, policy_name, key, s)?;
+        }
+        Self::count_decision(db, policy_name, out.decision.allowed, out.shadow_denied)?;
+        let reply = Reply::Decision {
+            decision: out.decision,
+            shadow_denied: out.shadow_denied,
+            policy,
+        };
+        Ok((reply, true))
+    }
+
     fn decide(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
         let db = self.base.db(migrations::RATE_LIMITER, now)?;
         match msg {
@@ -199,38 +182,12 @@ impl RateLimiterDO {
                 policy_name,
                 key,
                 cost,
-            } => {
-                let policy = self.policy(&db, &policy_name)?;
-                let state = Self::state(&db, &policy, &policy_name, &key)?;
-                let out = policy::take(&policy, state, cost, now)?;
-                if let Some(s) = out.new_state {
-                    Self::persist(&db, &policy, &policy_name, &key, s)?;
-                }
-                Self::count_decision(&db, &policy_name, out.decision.allowed, out.shadow_denied)?;
-                let reply = Reply::Decision {
-                    decision: out.decision,
-                    shadow_denied: out.shadow_denied,
-                    policy,
-                };
-                Ok((reply, true))
-            }
+            } => self.decide_one(&db, &policy_name, &key, cost, true, now),
             Request::Peek {
                 policy_name,
                 key,
                 cost,
-            } => {
-                let policy = self.policy(&db, &policy_name)?;
-                let state = Self::state(&db, &policy, &policy_name, &key)?;
-                let out = policy::peek(&policy, state, cost, now)?;
-                Ok((
-                    Reply::Decision {
-                        decision: out.decision,
-                        shadow_denied: out.shadow_denied,
-                        policy,
-                    },
-                    false,
-                ))
-            }
+            } => self.decide_one(&db, &policy_name, &key, cost, false, now),
             Request::Reset { policy_name, key } => {
                 let a = db.exec_count(
                     "DELETE FROM buckets WHERE policy = ? AND key = ?",
@@ -247,30 +204,31 @@ impl RateLimiterDO {
                 policy,
                 version,
             } => {
-                self.load_overrides(&db)?;
-                let mut guard = self.overrides.borrow_mut();
-                let overrides = guard
-                    .as_mut()
-                    .ok_or_else(|| GatewayError::Internal("policies not loaded".into()))?;
-                let current = overrides.get(&name).map_or(0, |(_, v)| *v);
-                let newest = overrides.values().map(|(_, v)| *v).max().unwrap_or(0);
-                let version = version.unwrap_or_else(|| now.0.max(newest + 1));
-                if version <= current {
-                    return Ok((Reply::PolicyStored { version: current }, false));
-                }
+                let version = match self.overrides(&db)?.apply(&name, policy, version, now) {
+                    Ok(v) => v,
+                    Err(current) => return Ok((Reply::PolicyStored { version: current }, false)),
+                };
                 let spec = match &policy {
                     Some(p) => encode_blob(p)?,
                     None => worker::SqlStorageValue::Null,
                 };
-                db.exec(
+                let stored = db.exec(
                     "INSERT INTO policies (name, spec, version) VALUES (?, ?, ?) \
                      ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, version = excluded.version",
                     vec![name.as_str().into(), spec, version.into()],
-                )?;
-                overrides.insert(name, (policy, version));
+                );
+                if stored.is_err() {
+                    // Memory ran ahead of storage: reload from storage on the next request.
+                    *self.overrides.borrow_mut() = None;
+                }
+                stored?;
                 Ok((Reply::PolicyStored { version }, false))
             }
-            Request::ListPolicies => Ok((Reply::Policies(self.effective(&db)?), false)),
+            Request::ListPolicies => {
+                let cfg = super::config(&self.env)?;
+                let list = self.overrides(&db)?.effective(&cfg.rate_limit_policies);
+                Ok((Reply::Policies(list), false))
+            }
             Request::Stats => {
                 let mut policies = Vec::new();
                 let mut totals = PolicyCounters::default();

@@ -202,14 +202,7 @@ pub fn cached_response(
         r.headers_mut().set("X-Cache-Negative", "1")?;
         r
     } else {
-        let headers = Headers::new();
-        headers.set(
-            "Content-Type",
-            c.content_type
-                .as_deref()
-                .unwrap_or("application/octet-stream"),
-        )?;
-        Response::from_bytes(c.value)?.with_headers(headers)
+        value_response(c.value, c.content_type.as_deref())?
     };
     let h = resp.headers_mut();
     h.set("X-Cache", kind)?;
@@ -222,6 +215,16 @@ pub fn cached_response(
         h.set("X-Cache-Lease", &token.to_string())?;
     }
     Ok(resp)
+}
+
+/// A stored value as a 200 response with its content type.
+pub fn value_response(value: Vec<u8>, content_type: Option<&str>) -> AppResult<Response> {
+    let headers = Headers::new();
+    headers.set(
+        "Content-Type",
+        content_type.unwrap_or("application/octet-stream"),
+    )?;
+    Ok(Response::from_bytes(value)?.with_headers(headers))
 }
 
 #[derive(Deserialize)]

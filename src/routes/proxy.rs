@@ -247,18 +247,11 @@ pub async fn proxy(
 
     // 2. Fresh answer from cache.
     if let Some(CacheResponse::Hit(c)) = cached {
-        let headers = Headers::new();
-        headers.set(
-            "Content-Type",
-            c.content_type
-                .as_deref()
-                .unwrap_or("application/octet-stream"),
-        )?;
-        headers.set("Age", &(c.age_ms / 1000).to_string())?;
         let status = if c.negative { 404 } else { 200 };
-        let resp = Response::from_bytes(c.value)?
-            .with_status(status)
-            .with_headers(headers);
+        let mut resp =
+            super::cache::value_response(c.value, c.content_type.as_deref())?.with_status(status);
+        resp.headers_mut()
+            .set("Age", &(c.age_ms / 1000).to_string())?;
         return finish(resp, "HIT", None, 0);
     }
 

@@ -112,6 +112,20 @@ pub struct PutOptions {
     pub tags: Vec<String>,
 }
 
+impl PutOptions {
+    /// The metadata of an entry stored with these options at `now`.
+    pub fn into_meta(self, now: UnixMillis) -> EntryMeta {
+        EntryMeta {
+            stored_at: now,
+            expires_at: now.plus_ms(i64::try_from(self.ttl_ms).unwrap_or(i64::MAX)),
+            stale_while_revalidate_ms: self.stale_while_revalidate_ms,
+            stale_if_error_ms: self.stale_if_error_ms,
+            negative: self.negative,
+            tags: self.tags,
+        }
+    }
+}
+
 /// The result of a lookup.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'a, V> {
@@ -338,15 +352,7 @@ impl<V> LruTtlCache<V> {
         opts: PutOptions,
         now: UnixMillis,
     ) -> Result<Vec<Removed>, GatewayError> {
-        let meta = EntryMeta {
-            stored_at: now,
-            expires_at: now.plus_ms(i64::try_from(opts.ttl_ms).unwrap_or(i64::MAX)),
-            stale_while_revalidate_ms: opts.stale_while_revalidate_ms,
-            stale_if_error_ms: opts.stale_if_error_ms,
-            negative: opts.negative,
-            tags: opts.tags,
-        };
-        self.insert_at(key, value, value_len, meta)
+        self.insert_at(key, value, value_len, opts.into_meta(now))
     }
 
     /// Inserts an entry with explicit metadata (used to rebuild from storage: insert in

@@ -150,8 +150,6 @@ pub enum Verdict {
 /// A snapshot computed by the analysis alarm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
-    /// Per arm: (name, success rate in 0..=1 or None without events).
-    pub rates: Vec<(String, Option<f64>)>,
     /// Total events analysed.
     pub events: u64,
     /// Per arm, the control first.
@@ -240,7 +238,6 @@ pub fn analyse(def: &ExperimentDef, tallies: &[ArmTally], previous: Option<&Anal
         }
     };
     Analysis {
-        rates: arms.iter().map(|a| (a.name.clone(), a.rate)).collect(),
         events: tallies.iter().map(|t| t.events).sum(),
         arms,
         srm_p,

@@ -41,6 +41,17 @@ pub fn ln_gamma(x: f64) -> f64 {
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
 }
 
+/// Modified Lentz: keep continued-fraction terms away from zero.
+const TINY: f64 = 1e-300;
+
+fn away_from_zero(x: f64) -> f64 {
+    if x.abs() < TINY {
+        TINY
+    } else {
+        x
+    }
+}
+
 /// Upper regularized incomplete gamma `Q(a, x)`.
 pub fn gamma_q(a: f64, x: f64) -> f64 {
     if x <= 0.0 {
@@ -60,22 +71,17 @@ pub fn gamma_q(a: f64, x: f64) -> f64 {
         1.0 - sum * (-x + a * x.ln() - ln_gamma(a)).exp()
     } else {
         // Continued fraction (modified Lentz).
-        let tiny = 1e-300;
         let mut b = x + 1.0 - a;
-        let mut c = 1.0 / tiny;
+        let mut c = 1.0 / TINY;
         let mut d = 1.0 / b;
         let mut h = d;
         for i in 1..10_000 {
             let an = -(i as f64) * (i as f64 - a);
             b += 2.0;
             d = an * d + b;
-            if d.abs() < tiny {
-                d = tiny;
-            }
+            d = away_from_zero(d);
             c = b + an / c;
-            if c.abs() < tiny {
-                c = tiny;
-            }
+            c = away_from_zero(c);
             d = 1.0 / d;
             let del = d * c;
             h *= del;
@@ -105,13 +111,10 @@ pub fn beta_i(a: f64, b: f64, x: f64) -> f64 {
 }
 
 fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
-    let tiny = 1e-300;
     let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
     let mut c = 1.0;
     let mut d = 1.0 - qab * x / qap;
-    if d.abs() < tiny {
-        d = tiny;
-    }
+    d = away_from_zero(d);
     d = 1.0 / d;
     let mut h = d;
     for m in 1..10_000 {
@@ -119,24 +122,16 @@ fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
         let m2 = 2.0 * m;
         let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
         d = 1.0 + aa * d;
-        if d.abs() < tiny {
-            d = tiny;
-        }
+        d = away_from_zero(d);
         c = 1.0 + aa / c;
-        if c.abs() < tiny {
-            c = tiny;
-        }
+        c = away_from_zero(c);
         d = 1.0 / d;
         h *= d * c;
         let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
         d = 1.0 + aa * d;
-        if d.abs() < tiny {
-            d = tiny;
-        }
+        d = away_from_zero(d);
         c = 1.0 + aa / c;
-        if c.abs() < tiny {
-            c = tiny;
-        }
+        c = away_from_zero(c);
         d = 1.0 / d;
         let del = d * c;
         h *= del;

@@ -3,10 +3,13 @@
 //! In **shadow mode** a policy computes every decision exactly as it would when enforcing (state
 //! evolves identically), counts would-be denials, and reports them, but never denies.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::sliding::{self, SlidingWindowPolicy, WindowState};
 use super::{Decision, TokenBucketPolicy};
+use crate::protocol::ratelimit::{PolicyEntry, PolicySource};
 use crate::{GatewayError, UnixMillis};
 
 /// The algorithm and its parameters.
@@ -228,6 +231,87 @@ fn shadowed(policy: &Policy, decision: Decision, new_state: Option<KeyState>) ->
     }
 }
 
+/// Run-time overrides of named policies, over the defaults from configuration. A `None`
+/// definition is a tombstone (the name was deleted). Each change carries a version; older
+/// versions are ignored, so a fan-out that arrives out of order converges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    entries: BTreeMap<String, (Option<Policy>, i64)>,
+}
+
+impl Overrides {
+    /// Adds a stored override (when loading from storage).
+    pub fn insert_loaded(&mut self, name: String, policy: Option<Policy>, version: i64) {
+        self.entries.insert(name, (policy, version));
+    }
+
+    /// The policy named `name`: the override if any, else the default; 404 otherwise.
+    pub fn resolve(
+        &self,
+        defaults: &BTreeMap<String, Policy>,
+        name: &str,
+    ) -> Result<Policy, GatewayError> {
+        let found = match self.entries.get(name) {
+            Some((spec, _)) => *spec,
+            None => defaults.get(name).copied(),
+        };
+        found.ok_or_else(|| GatewayError::NotFound(format!("no rate-limit policy named {name}")))
+    }
+
+    /// Every effective policy, by name.
+    pub fn effective(&self, defaults: &BTreeMap<String, Policy>) -> Vec<PolicyEntry> {
+        let mut out: BTreeMap<&str, PolicyEntry> = defaults
+            .iter()
+            .map(|(n, p)| {
+                let e = PolicyEntry {
+                    name: n.clone(),
+                    policy: *p,
+                    source: PolicySource::Config,
+                    version: 0,
+                };
+                (n.as_str(), e)
+            })
+            .collect();
+        for (name, (spec, version)) in &self.entries {
+            match spec {
+                Some(p) => {
+                    let e = PolicyEntry {
+                        name: name.clone(),
+                        policy: *p,
+                        source: PolicySource::Admin,
+                        version: *version,
+                    };
+                    out.insert(name.as_str(), e);
+                }
+                None => {
+                    out.remove(name.as_str());
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// Applies a change. Without a version (the registry shard) one is assigned: at least `now`
+    /// and above every stored version. Returns `Ok(version)` when the change must be persisted,
+    /// `Err(current)` when it is not newer than what is stored (nothing changes).
+    pub fn apply(
+        &mut self,
+        name: &str,
+        policy: Option<Policy>,
+        version: Option<i64>,
+        now: UnixMillis,
+    ) -> Result<i64, i64> {
+        let current = self.entries.get(name).map_or(0, |(_, v)| *v);
+        let newest = self.entries.values().map(|(_, v)| *v).max().unwrap_or(0);
+        let version = version.unwrap_or_else(|| now.0.max(newest + 1));
+        if version <= current {
+            return Err(current);
+        }
+        self.entries.insert(name.to_string(), (policy, version));
+        Ok(version)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +348,28 @@ mod tests {
         assert!(json(r#"{"algorithm":"sliding_window","limit":3}"#).is_err());
         assert!(json(r#"{"algorithm":"leaky","limit":3,"window_ms":1}"#).is_err());
         assert!(json(r#"{"capacity":10,"period_ms":1000,"burst":2}"#).is_err());
+    }
+
+    #[test]
+    fn overrides_win_over_defaults_tombstones_delete_and_older_versions_are_ignored() {
+        let p = |c: u64| json(&format!(r#"{{"capacity":{c},"period_ms":1000}}"#)).unwrap();
+        let defaults: BTreeMap<String, Policy> = [("default".to_string(), p(100))].into();
+        let mut o = Overrides::default();
+        assert_eq!(o.resolve(&defaults, "default").unwrap(), p(100));
+        let v1 = o
+            .apply("default", Some(p(5)), None, UnixMillis(1_000))
+            .unwrap();
+        assert_eq!(v1, 1_000);
+        assert_eq!(o.resolve(&defaults, "default").unwrap(), p(5));
+        assert_eq!(
+            o.apply("default", Some(p(7)), Some(999), UnixMillis(0)),
+            Err(1_000),
+            "older is ignored"
+        );
+        let v2 = o.apply("default", None, None, UnixMillis(500)).unwrap();
+        assert_eq!(v2, 1_001, "a new version is above every stored one");
+        assert_eq!(o.resolve(&defaults, "default").unwrap_err().status(), 404);
+        assert!(o.effective(&defaults).is_empty());
     }
 
     #[test]
