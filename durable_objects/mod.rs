@@ -48,7 +48,10 @@ pub mod migrations {
     /// `ProviderHealthDO`.
     pub const PROVIDER_HEALTH: &[Migration] = &[m!(1, "provider_health", "0001_init.sql")];
     /// `ExperimentDO`.
-    pub const EXPERIMENT: &[Migration] = &[m!(1, "experiment", "0001_init.sql")];
+    pub const EXPERIMENT: &[Migration] = &[
+        m!(1, "experiment", "0001_init.sql"),
+        m!(2, "experiment", "0002_metrics_decisions_index.sql"),
+    ];
     /// `AggregatorDO`.
     pub const AGGREGATOR: &[Migration] = &[m!(1, "aggregator", "0001_init.sql")];
 }
@@ -155,6 +158,15 @@ pub fn int(v: &SqlStorageValue) -> Option<i64> {
         SqlStorageValue::Integer(i) => Some(*i),
         SqlStorageValue::Float(f) if f.fract() == 0.0 => Some(*f as i64),
         SqlStorageValue::Boolean(b) => Some(i64::from(*b)),
+        _ => None,
+    }
+}
+
+/// A numeric column as a float (REAL columns holding whole numbers may arrive as integers).
+pub fn real(v: &SqlStorageValue) -> Option<f64> {
+    match v {
+        SqlStorageValue::Float(f) => Some(*f),
+        SqlStorageValue::Integer(i) => Some(*i as f64),
         _ => None,
     }
 }

@@ -155,17 +155,22 @@ impl ProviderHealthDO {
                 *self.balancer.borrow_mut() = Some((group, Self::build(&db, providers)?));
                 Ok((Reply::Configured { providers: n }, true))
             }
-            Request::Pick { group, exclude } => {
+            Request::Pick {
+                group,
+                exclude,
+                prefer,
+            } => {
                 self.load(&db, Some(&group))?;
                 let mut guard = self.balancer.borrow_mut();
                 let (_, b) = guard
                     .as_mut()
                     .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
                 let pick = b
-                    .pick_excluding(
+                    .pick_with(
                         now,
                         &exclude,
                         (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64,
+                        &prefer,
                     )
                     .ok_or_else(|| {
                         GatewayError::Unavailable("every provider of the group was tried".into())

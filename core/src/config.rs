@@ -9,23 +9,36 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::balancer::{validate_group, ProviderSpec};
-use crate::experiment::{ExperimentDef, Variant};
+use crate::experiment::{Better, ExperimentDef, MetricDef, MetricKind, Target, Variant};
 use crate::rate_limit::policy::{Policy, PolicyJson};
 use crate::validate;
 use crate::GatewayError;
 
-/// An experiment as written in the `EXPERIMENTS` variable.
+/// An experiment as written in the `EXPERIMENTS` variable and in `PUT /v1/experiments/{name}`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentVar {
     /// Hash seed (defaults to the experiment name).
     #[serde(default)]
     pub seed: Option<String>,
-    /// Arms.
+    /// Arms; the first is the control.
     pub variants: Vec<VariantVar>,
-    /// Events per compared arm before a decision (default 1000).
+    /// Events per compared arm before a promotion (default 1000).
     #[serde(default)]
     pub min_sample: Option<u64>,
+    /// Share of units in the experiment, 0 < coverage <= 1 (default 1).
+    #[serde(default)]
+    pub coverage: Option<f64>,
+    /// The primary metric: a well-known name (`cache_hit`, `error`, `latency_ms`, `cost_usd`) or
+    /// `{"name","kind":"binary|continuous","better":"higher|lower"}` (default `cache_hit`).
+    #[serde(default)]
+    pub primary: Option<MetricVar>,
+    /// Guardrail metrics, in the same forms.
+    #[serde(default)]
+    pub guardrails: Vec<MetricVar>,
+    /// The proxied traffic it applies to: `{"group":"search","path_prefix":"/title"}`.
+    #[serde(default)]
+    pub target: Option<TargetVar>,
 }
 
 /// An arm as written in JSON.
@@ -39,11 +52,78 @@ pub struct VariantVar {
     /// Parameters (a JSON object).
     #[serde(default)]
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Retired arms get no new units.
+    #[serde(default)]
+    pub retired: bool,
+}
+
+/// A metric as written in JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MetricVar {
+    /// A well-known metric by name.
+    Named(String),
+    /// A custom metric.
+    Custom {
+        /// Name.
+        name: String,
+        /// `binary` or `continuous`.
+        kind: String,
+        /// `higher` or `lower`.
+        better: String,
+    },
+}
+
+impl MetricVar {
+    fn into_def(self) -> Result<MetricDef, GatewayError> {
+        let bad = |d: String| GatewayError::bad_request("invalid-experiment", d);
+        match self {
+            MetricVar::Named(n) => MetricDef::well_known(&n).ok_or_else(|| {
+                bad(format!(
+                    "unknown metric {n}: use cache_hit, error, latency_ms, cost_usd or an object with name, kind and better"
+                ))
+            }),
+            MetricVar::Custom { name, kind, better } => Ok(MetricDef {
+                name,
+                kind: match kind.as_str() {
+                    "binary" => MetricKind::Binary,
+                    "continuous" => MetricKind::Continuous,
+                    _ => return Err(bad("metric kind must be binary or continuous".into())),
+                },
+                better: match better.as_str() {
+                    "higher" => Better::Higher,
+                    "lower" => Better::Lower,
+                    _ => return Err(bad("metric better must be higher or lower".into())),
+                },
+            }),
+        }
+    }
+}
+
+/// A target as written in JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetVar {
+    /// Provider group.
+    pub group: String,
+    /// Path prefix (default `/`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
 }
 
 impl ExperimentVar {
     /// Converts to a validated definition for experiment `name`.
     pub fn into_def(self, name: &str) -> Result<ExperimentDef, GatewayError> {
+        let coverage = match self.coverage {
+            None => 10_000,
+            Some(c) if c > 0.0 && c <= 1.0 => ((c * 10_000.0).round() as u32).max(1),
+            Some(_) => {
+                return Err(GatewayError::bad_request(
+                    "invalid-experiment",
+                    "coverage must be in (0, 1]",
+                ))
+            }
+        };
         let def = ExperimentDef {
             min_sample: self
                 .min_sample
@@ -56,8 +136,23 @@ impl ExperimentVar {
                     name: v.name,
                     weight: v.weight,
                     params: serde_json::Value::Object(v.params.unwrap_or_default()).to_string(),
+                    retired: v.retired,
                 })
                 .collect(),
+            coverage,
+            primary: self
+                .primary
+                .unwrap_or_else(|| MetricVar::Named("cache_hit".into()))
+                .into_def()?,
+            guardrails: self
+                .guardrails
+                .into_iter()
+                .map(MetricVar::into_def)
+                .collect::<Result<_, _>>()?,
+            target: self.target.map(|t| Target {
+                group: t.group,
+                path_prefix: t.path_prefix.unwrap_or_else(|| "/".into()),
+            }),
         };
         def.validate()?;
         Ok(def)

@@ -98,6 +98,21 @@ pub enum Route {
     ExperimentEvent(String),
     /// `POST /v1/experiments/{name}/analyse` (admin): analyse now, promote if the rule holds.
     ExperimentAnalyse(String),
+    /// `GET /v1/experiments`: every experiment with its status and decision.
+    ExperimentsList,
+    /// `DELETE /v1/experiments/{name}` (admin).
+    ExperimentDelete(String),
+    /// `POST /v1/experiments/{name}/pause` (admin).
+    ExperimentPause(String),
+    /// `POST /v1/experiments/{name}/resume` (admin).
+    ExperimentResume(String),
+    /// `POST /v1/experiments/{name}/arms/{arm}/retire` (admin).
+    ExperimentRetire {
+        /// Experiment name.
+        name: String,
+        /// Arm name.
+        arm: String,
+    },
     /// `GET /v1/policies`: effective rate-limit policies.
     PoliciesList,
     /// `GET /v1/policies/{name}`.
@@ -126,6 +141,10 @@ impl Route {
                 | Route::ExperimentDefine(_)
                 | Route::PolicyPut(_)
                 | Route::ExperimentAnalyse(_)
+                | Route::ExperimentDelete(_)
+                | Route::ExperimentPause(_)
+                | Route::ExperimentResume(_)
+                | Route::ExperimentRetire { .. }
                 | Route::CachePurge
                 | Route::PolicyDelete(_)
                 | Route::RateLimit {
@@ -261,17 +280,27 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
                 Route::ProviderReport(g)
             })
         }
+        ["v1", "experiments"] => {
+            if is("GET") {
+                Ok(Route::ExperimentsList)
+            } else {
+                Err(not_allowed(m, "GET"))
+            }
+        }
         ["v1", "experiments", exp] => {
             let n = name("experiment", exp)?;
             if is("GET") {
                 Ok(Route::ExperimentGet(n))
             } else if is("PUT") {
                 Ok(Route::ExperimentDefine(n))
+            } else if is("DELETE") {
+                Ok(Route::ExperimentDelete(n))
             } else {
-                Err(not_allowed(m, "GET, PUT"))
+                Err(not_allowed(m, "GET, PUT, DELETE"))
             }
         }
-        ["v1", "experiments", exp, action @ ("assign" | "events" | "analyse")] => {
+        ["v1", "experiments", exp, action @ ("assign" | "events" | "analyse" | "pause" | "resume")] =>
+        {
             if !is("POST") {
                 return Err(not_allowed(m, "POST"));
             }
@@ -279,7 +308,18 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
             Ok(match *action {
                 "assign" => Route::ExperimentAssign(n),
                 "events" => Route::ExperimentEvent(n),
+                "pause" => Route::ExperimentPause(n),
+                "resume" => Route::ExperimentResume(n),
                 _ => Route::ExperimentAnalyse(n),
+            })
+        }
+        ["v1", "experiments", exp, "arms", arm, "retire"] => {
+            if !is("POST") {
+                return Err(not_allowed(m, "POST"));
+            }
+            Ok(Route::ExperimentRetire {
+                name: name("experiment", exp)?,
+                arm: name("arm", arm)?,
             })
         }
         ["v1", "policies"] => {
@@ -412,5 +452,22 @@ mod tests {
         assert!(route("PUT", "/v1/policies/p").unwrap().requires_admin());
         assert!(route("DELETE", "/v1/policies/p").unwrap().requires_admin());
         assert!(!route("GET", "/v1/policies/p").unwrap().requires_admin());
+        for (m, p) in [
+            ("DELETE", "/v1/experiments/e"),
+            ("POST", "/v1/experiments/e/pause"),
+            ("POST", "/v1/experiments/e/resume"),
+            ("POST", "/v1/experiments/e/arms/treatment/retire"),
+            ("POST", "/v1/experiments/e/analyse"),
+        ] {
+            assert!(route(m, p).unwrap().requires_admin(), "{m} {p}");
+        }
+        assert!(!route("GET", "/v1/experiments").unwrap().requires_admin());
+        assert_eq!(
+            route("POST", "/v1/experiments/e/arms/t/retire").unwrap(),
+            Route::ExperimentRetire {
+                name: "e".into(),
+                arm: "t".into()
+            }
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Cohort assignment properties: deterministic, in range, never to a zero-weight arm.
 
-use gateway_core::experiment::{assign, ExperimentDef, Variant};
+#![allow(clippy::expect_used)]
+
+use gateway_core::experiment::{assign, ExperimentDef, MetricDef, Variant};
 use proptest::prelude::*;
 
 proptest! {
@@ -14,7 +16,11 @@ proptest! {
         let def = ExperimentDef {
             min_sample: 1000,
             seed,
-            variants: weights.iter().enumerate().map(|(i, w)| Variant { name: format!("v{i}"), weight: *w, params: "{}".into() }).collect(),
+            variants: weights.iter().enumerate().map(|(i, w)| Variant { name: format!("v{i}"), weight: *w, params: "{}".into(), retired: false }).collect(),
+            coverage: 10_000,
+            primary: MetricDef::well_known("cache_hit").expect("well-known metric"),
+            guardrails: vec![],
+            target: None,
         };
         let a = assign(&def, &unit);
         prop_assert_eq!(a, assign(&def, &unit));

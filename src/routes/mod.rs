@@ -58,6 +58,11 @@ pub async fn dispatch(
         Route::ExperimentAssign(name) => experiments::assign(req, env, cfg, &name).await,
         Route::ExperimentAnalyse(name) => experiments::analyse(env, &name).await,
         Route::ExperimentEvent(name) => experiments::event(req, env, cfg, &name).await,
+        Route::ExperimentsList => experiments::list(env, cfg).await,
+        Route::ExperimentDelete(name) => experiments::delete(env, &name).await,
+        Route::ExperimentPause(name) => experiments::pause(env, &name, true).await,
+        Route::ExperimentResume(name) => experiments::pause(env, &name, false).await,
+        Route::ExperimentRetire { name, arm } => experiments::retire(env, &name, &arm).await,
         Route::Stats { component, id } => stats::stats(env, cfg, component, &id).await,
     }
 }

@@ -97,6 +97,7 @@ pub async fn pick(env: &Env, group: &str) -> AppResult<Response> {
         PRequest::Pick {
             group: group.into(),
             exclude: Vec::new(),
+            prefer: Default::default(),
         },
     )
     .await?

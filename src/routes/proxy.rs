@@ -1,6 +1,7 @@
 //! `ANY /v1/proxy/{group}/{path...}`: the gateway's main job.
 //!
-//! 1. Rate limit (the caller's policy) and cache lookup run concurrently (`futures::join!`).
+//! 1. Rate limit (the caller's policy), cache lookup and, when an experiment targets the path,
+//!    the caller's cohort run concurrently (`futures::join!`).
 //! 2. A fresh cached answer is served (`X-Cache: HIT`).
 //! 3. Otherwise a provider is picked and the request forwarded with the provider's credentials
 //!    and timeout. A retryable failure (5xx, 429, timeout, connection error) moves on to the next
@@ -8,6 +9,10 @@
 //! 4. The attempts' outcomes go to the group's `ProviderHealthDO`, and a storable answer to the
 //!    cache, both off the response path (`ctx.wait_until`).
 //! 5. Upstream failures reach the client as 502 (errors) or 504 (timeouts) problems.
+//!
+//! A cohort's arm parameters apply to the request (`cache_ttl_s` to the fill, `provider` and
+//! `strategy` to the pick); the response carries `X-Experiment: {experiment}={arm}`; the outcome
+//! (cache hit, latency, error, cost) goes to the experiment off the response path.
 
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ use worker::{
     AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
 };
 
+use super::experiments;
 use super::now;
 use super::ratelimit::{check_caller, header_values};
 use crate::error::{problem_with_extra, AppResult};
@@ -182,9 +188,11 @@ pub async fn proxy(
         .iter()
         .any(|(k, v)| k == "x-gateway-retry" && v.eq_ignore_ascii_case("true"));
     let gateway_path = req.path();
+    let started = now();
 
-    // 1. Rate limit and cache lookup, concurrently.
+    // 1. Rate limit, cache lookup and the caller's experiment cohort, concurrently.
     let caller = super::ratelimit::caller_key(&req);
+    let experiment = experiments::target_for(env, cfg, group, &format!("/{path}")).await;
     let key = cache_key(
         &caller,
         method.as_ref(),
@@ -214,7 +222,14 @@ pub async fn proxy(
             _ => None,
         }
     };
-    let (limit, cached) = futures::join!(check_caller(&req, env, cfg), lookup);
+    let cohort_lookup = async {
+        match &experiment {
+            Some(name) => experiments::cohort(env, name, &caller).await,
+            None => None,
+        }
+    };
+    let (limit, cached, cohort) =
+        futures::join!(check_caller(&req, env, cfg), lookup, cohort_lookup);
     let (_, policy, decision, shadow_denied) = limit?;
     let policy_name = cfg.rate_limit_caller_policy.clone();
     if !decision.allowed {
@@ -242,7 +257,25 @@ pub async fn proxy(
         h.set("X-Gateway-Attempts", &attempts.to_string())?;
         h.set("RateLimit-Policy", &rl_policy)?;
         h.set("RateLimit", &rl_limit)?;
+        if let Some(c) = &cohort {
+            h.set("X-Experiment", &format!("{}={}", c.experiment, c.variant))?;
+        }
         Ok(resp)
+    };
+    // Off the response path: the outcome for the caller's cohort.
+    let report = |cache_hit: bool, status: u16, cost_micro_usd: u64| {
+        if let Some(c) = cohort.as_ref().filter(|c| c.counted) {
+            let values = vec![
+                ("cache_hit".to_string(), f64::from(u8::from(cache_hit))),
+                ("latency_ms".to_string(), f64::from(elapsed_ms(started))),
+                ("error".to_string(), f64::from(u8::from(status >= 500))),
+                ("cost_usd".to_string(), cost_micro_usd as f64 / 1e6),
+            ];
+            let (env2, name, unit) = (env.clone(), c.experiment.clone(), caller.clone());
+            ctx.wait_until(async move {
+                experiments::record(&env2, &name, &unit, values).await;
+            });
+        }
     };
 
     // 2. Fresh answer from cache.
@@ -252,6 +285,7 @@ pub async fn proxy(
             super::cache::value_response(c.value, c.content_type.as_deref())?.with_status(status);
         resp.headers_mut()
             .set("Age", &(c.age_ms / 1000).to_string())?;
+        report(true, status, 0);
         return finish(resp, "HIT", None, 0);
     }
 
@@ -270,10 +304,15 @@ pub async fn proxy(
     let mut outcomes: Vec<(String, Outcome)> = Vec::new();
     let mut last_attempt = Attempt::ConnectionError;
     let mut answer: Option<(String, Upstream)> = None;
+    let mut cost_micro_usd = 0u64;
     while tried.len() < MAX_ATTEMPTS {
         let msg = PRequest::Pick {
             group: group.to_string(),
             exclude: tried.clone(),
+            prefer: cohort
+                .as_ref()
+                .map(|c| c.params.preference())
+                .unwrap_or_default(),
         };
         let pick = match call(env, binding::PROVIDER_HEALTH, &provider_object, &msg).await {
             Ok(PResponse::Picked(p)) => p,
@@ -292,6 +331,7 @@ pub async fn proxy(
         if let Some(up) = upstream.as_ref().filter(|u| (200..300).contains(&u.status)) {
             (outcome.input_tokens, outcome.output_tokens) = usage(&up.body);
         }
+        cost_micro_usd += pick.cost_of(&outcome);
         outcomes.push((pick.name.clone(), outcome));
         tried.push(pick.name.clone());
         last_attempt = attempt;
@@ -321,10 +361,15 @@ pub async fn proxy(
         });
     }
     if let (Some((_, up)), Some(k), Some(o)) = (&answer, key, cache_object) {
+        // An experiment arm's `cache_ttl_s` replaces the default TTL of this fill.
+        let default_ttl_s = cohort
+            .as_ref()
+            .and_then(|c| c.params.cache_ttl_s)
+            .unwrap_or(cfg.cache_default_ttl_s);
         if let Some(s) = storable(
             up.status,
             &up.headers,
-            cfg.cache_default_ttl_s,
+            default_ttl_s,
             cfg.cache_negative_ttl_s,
         ) {
             let content_type = up
@@ -363,9 +408,11 @@ pub async fn proxy(
                     headers.set(k, v)?;
                 }
             }
+            let status = up.status;
             let resp = Response::from_bytes(up.body)?
-                .with_status(up.status)
+                .with_status(status)
                 .with_headers(headers);
+            report(false, status, cost_micro_usd);
             finish(resp, "MISS", Some(&provider), attempts)
         }
         other => {
@@ -395,6 +442,7 @@ pub async fn proxy(
             let mut extra = serde_json::Map::new();
             extra.insert("attempts".into(), serde_json::json!(tried));
             extra.insert("group".into(), serde_json::json!(group));
+            report(false, err.status(), cost_micro_usd);
             let mut resp = problem_with_extra(&err, request_id, &gateway_path, Some(extra))?;
             if let Some(ra) = retry_after {
                 resp.headers_mut().set("Retry-After", &ra)?;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::{shared, unique};
 
 /// A fresh group of fresh mock providers; returns (group, provider names).
-fn group(providers: &[(&str, u32)], extra: Value) -> (String, Vec<String>) {
+pub(crate) fn group(providers: &[(&str, u32)], extra: Value) -> (String, Vec<String>) {
     let s = shared();
     let g = unique("pg").replace('-', "_");
     let names: Vec<String> = providers

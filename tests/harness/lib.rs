@@ -409,7 +409,7 @@ pub fn test_vars(upstream: &str) -> Vec<(&'static str, String)> {
         ),
         (
             "EXPERIMENTS",
-            r#"{"title-search-ttl":{"variants":[{"name":"control","weight":50,"params":{"cache_ttl_s":86400}},{"name":"treatment","weight":50,"params":{"cache_ttl_s":172800}}]}}"#.into(),
+            r#"{"title-search-ttl":{"primary":"cache_hit","guardrails":["latency_ms","error"],"target":{"group":"demo","path_prefix":"/title"},"variants":[{"name":"control","weight":50,"params":{"cache_ttl_s":86400}},{"name":"treatment","weight":50,"params":{"cache_ttl_s":172800}}]}}"#.into(),
         ),
     ]
 }

@@ -54,6 +54,23 @@ fn acknowledged_state_of_every_durable_object_survives_a_restart() {
             &json!({"unit": "survivor"}),
         )
         .json();
+    // ExperimentDO: 40 units of a 50/50 experiment, checked after the restart and a weight change.
+    let sticky_def = |a: u32, b: u32| json!({"variants": [{"name": "a", "weight": a}, {"name": "b", "weight": b}]});
+    assert_eq!(
+        rt.admin("PUT", "/v1/experiments/sticky", &sticky_def(50, 50))
+            .status,
+        201
+    );
+    let assign = |rt: &Runtime, u: &str| {
+        rt.post_json("/v1/experiments/sticky/assign", &json!({ "unit": u }))
+            .json()
+    };
+    let units: Vec<String> = (0..40).map(|i| format!("unit-{i}")).collect();
+    let before: Vec<serde_json::Value> = units
+        .iter()
+        .map(|u| assign(&rt, u)["variant"].clone())
+        .collect();
+    assert!(before.iter().any(|v| v == "a") && before.iter().any(|v| v == "b"));
     // AggregatorDO: events.
     let r = rt.post_json("/v1/events", &json!({"events": [{"status": 200, "latency_ms": 5, "cache": "hit"}, {"status": 500, "latency_ms": 9}]}));
     assert_eq!(r.status, 202);
@@ -90,6 +107,21 @@ fn acknowledged_state_of_every_durable_object_survives_a_restart() {
         .json();
     assert_eq!(again["variant"], assigned["variant"]);
     assert_eq!(again["new"], false, "the assignment came from storage");
+    let after_restart: Vec<serde_json::Value> = units
+        .iter()
+        .map(|u| assign(&rt, u)["variant"].clone())
+        .collect();
+    assert_eq!(after_restart, before, "assignments survive the restart");
+    assert_eq!(
+        rt.admin("PUT", "/v1/experiments/sticky", &sticky_def(5, 95))
+            .status,
+        200
+    );
+    for (u, v) in units.iter().zip(&before) {
+        let a = assign(&rt, u);
+        assert_eq!(&a["variant"], v, "a weight change moves nobody");
+        assert_eq!(a["new"], false);
+    }
     let m = rt.get("/metrics").json();
     assert_eq!(m["volume"]["totalRequests"], 2);
     assert_eq!(m["volume"]["errors"], 1);

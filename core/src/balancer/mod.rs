@@ -291,6 +291,15 @@ impl ProviderHealth {
     }
 }
 
+/// A per-request preference, from an experiment arm's parameters (`provider`, `strategy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preference {
+    /// Pick this provider when it is in rotation.
+    pub provider: Option<String>,
+    /// Use this strategy instead of the group's.
+    pub strategy: Option<Strategy>,
+}
+
 /// How a group chooses among its healthy providers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -394,6 +403,8 @@ pub struct Pick {
     /// Name of the secret with its API key (never the value).
     #[serde(default)]
     pub secret: Option<String>,
+    /// Prices: per request, per 1 000 input and per 1 000 output tokens, micro-USD.
+    pub prices: (u64, u64, u64),
 }
 
 impl Pick {
@@ -404,7 +415,20 @@ impl Pick {
             panic,
             timeout_ms: s.timeout_ms,
             secret: s.secret.clone(),
+            prices: (
+                s.cost_per_request_micro_usd,
+                s.cost_per_1k_input_micro_usd,
+                s.cost_per_1k_output_micro_usd,
+            ),
         }
+    }
+
+    /// The estimated cost of one attempt, micro-USD (as [`ProviderSpec::cost_of`]).
+    pub fn cost_of(&self, o: &Outcome) -> u64 {
+        let (request, input, output) = self.prices;
+        request
+            + (u64::from(o.input_tokens) * input).div_ceil(1000)
+            + (u64::from(o.output_tokens) * output).div_ceil(1000)
     }
 }
 
@@ -497,6 +521,20 @@ impl Balancer {
         exclude: &[String],
         rand: u64,
     ) -> Option<Pick> {
+        self.pick_with(now, exclude, rand, &Preference::default())
+    }
+
+    /// [`Balancer::pick_excluding`] with a per-request preference (an experiment arm's
+    /// parameters): a preferred provider is picked when it is in rotation and not excluded;
+    /// otherwise the preferred strategy (or the group's) chooses. Health always wins: a
+    /// preference never routes to an ejected provider.
+    pub fn pick_with(
+        &mut self,
+        now: UnixMillis,
+        exclude: &[String],
+        rand: u64,
+        pref: &Preference,
+    ) -> Option<Pick> {
         let candidates: Vec<usize> = (0..self.specs.len())
             .filter(|&i| !exclude.contains(&self.specs[i].name))
             .collect();
@@ -520,8 +558,14 @@ impl Balancer {
                 h.latency_ewma_ms
             }
         };
-        let best = match self.strategy {
-            Strategy::Weighted => {
+        let preferred = pref
+            .provider
+            .as_deref()
+            .and_then(|p| self.position(p))
+            .filter(|i| healthy.contains(i));
+        let best = match (preferred, pref.strategy.unwrap_or(self.strategy)) {
+            (Some(i), _) => i,
+            (None, Strategy::Weighted) => {
                 let w = |b: &Balancer, i: usize| {
                     i64::from(b.specs[i].weight) * b.health[i].weight_percent(now)
                 };
@@ -536,12 +580,12 @@ impl Balancer {
                 self.scores[best] -= total;
                 best
             }
-            Strategy::LeastLatency => healthy
+            (None, Strategy::LeastLatency) => healthy
                 .iter()
                 .copied()
                 .min_by(|&a, &b| latency(&self.health[a]).total_cmp(&latency(&self.health[b])))
                 .unwrap_or(healthy[0]),
-            Strategy::P2c => {
+            (None, Strategy::P2c) => {
                 let n = healthy.len() as u64;
                 let a = (rand % n) as usize;
                 let b = if n < 2 {
@@ -559,7 +603,7 @@ impl Balancer {
                     a
                 }
             }
-            Strategy::Cost => {
+            (None, Strategy::Cost) => {
                 let fastest = healthy
                     .iter()
                     .map(|&i| &self.health[i])
@@ -763,6 +807,58 @@ mod tests {
         assert_eq!(picks.iter().filter(|p| *p == "a").count(), 6);
         // Smooth: never more than three `a` in a row.
         assert_eq!(picks[..4], ["a", "a", "b", "a"]);
+    }
+
+    #[test]
+    fn a_preferred_provider_is_used_while_healthy_and_never_when_ejected() {
+        let policy = EjectionPolicy {
+            consecutive_failures: 1,
+            base_ejection_ms: 1000,
+            max_ejected_percent: 100,
+        };
+        let mut b = Balancer::new(vec![spec("a", 3), spec("b", 1)], policy);
+        let prefer_b = Preference {
+            provider: Some("b".into()),
+            strategy: None,
+        };
+        for _ in 0..5 {
+            assert_eq!(
+                b.pick_with(UnixMillis(0), &[], 0, &prefer_b).unwrap().name,
+                "b"
+            );
+        }
+        let fail = Outcome {
+            ok: false,
+            latency_ms: 5,
+            retry_after_ms: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            error: None,
+        };
+        b.report("b", fail, UnixMillis(0));
+        assert_eq!(
+            b.pick_with(UnixMillis(10), &[], 0, &prefer_b).unwrap().name,
+            "a"
+        );
+        // A strategy preference overrides the group's weighted strategy.
+        let mut c = Balancer::new(vec![spec("a", 1), spec("b", 1)], EjectionPolicy::default());
+        let ok = |ms| Outcome {
+            ok: true,
+            latency_ms: ms,
+            ..fail
+        };
+        c.report("a", ok(200), UnixMillis(0));
+        c.report("b", ok(5), UnixMillis(0));
+        let fastest = Preference {
+            provider: None,
+            strategy: Some(Strategy::LeastLatency),
+        };
+        for _ in 0..4 {
+            assert_eq!(
+                c.pick_with(UnixMillis(1), &[], 0, &fastest).unwrap().name,
+                "b"
+            );
+        }
     }
 
     #[test]

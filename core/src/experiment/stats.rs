@@ -323,9 +323,19 @@ pub fn msprt_p_value(s1: u64, n1: u64, s2: u64, n2: u64, tau2: f64) -> f64 {
     let (n1f, n2f) = (n1 as f64, n2 as f64);
     let (p1, p2) = (s1 as f64 / n1f, s2 as f64 / n2f);
     // Variance of the estimated difference, per the current sample sizes.
-    let v = (p1 * (1.0 - p1) / n1f + p2 * (1.0 - p2) / n2f).max(1e-12);
-    let d = p2 - p1;
-    // Λ = sqrt(V / (V + τ²)) · exp(τ² d² / (2 V (V + τ²)))
+    let v = p1 * (1.0 - p1) / n1f + p2 * (1.0 - p2) / n2f;
+    msprt_normal(p2 - p1, v, tau2)
+}
+
+/// Always-valid p-value of the mixture SPRT for an estimated difference `d` whose variance is
+/// `v`, with a normal mixing distribution of variance `tau2` on the true difference:
+/// `Λ = sqrt(V / (V + τ²)) · exp(τ² d² / (2 V (V + τ²)))`, `p = min(1, 1/Λ)`
+/// (Johari, Pekelis and Walsh, "Always valid inference", 2017).
+pub fn msprt_normal(d: f64, v: f64, tau2: f64) -> f64 {
+    let v = v.max(1e-12);
+    if !d.is_finite() || !tau2.is_finite() || tau2 <= 0.0 {
+        return 1.0;
+    }
     let ln_lambda = 0.5 * (v / (v + tau2)).ln() + tau2 * d * d / (2.0 * v * (v + tau2));
     (-ln_lambda).exp().min(1.0)
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ObjectStats;
-use crate::balancer::{Circuit, Outcome, Pick, ProviderHealth, ProviderSpec, Strategy};
+use crate::balancer::{Circuit, Outcome, Pick, Preference, ProviderHealth, ProviderSpec, Strategy};
 
 /// A request to a provider group's object. Every message names the group, so the object knows
 /// which defaults from configuration apply on first use.
@@ -15,6 +15,8 @@ pub enum Request {
         group: String,
         /// Providers this request already tried (failover).
         exclude: Vec<String>,
+        /// An experiment arm's preference (provider or strategy).
+        prefer: Preference,
     },
     /// Report an outcome.
     Report {
