@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod experiment;
 pub mod migrate;
+pub mod observe;
 pub mod problem;
 pub mod protocol;
 pub mod rate_limit;
