@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/.tools/bin:$(HOME)/.cargo/bin:$(PATH)
 ENV := source scripts/env.sh &&
 
-.PHONY: help setup build dev test fmt fmt-check lint test-native test-e2e deploy-dry-run deploy bench clean
+.PHONY: help setup setup-test build dev test fmt fmt-check lint test-native test-e2e deploy-dry-run deploy bench clean
 
 help:
 	@echo "make dev     run the gateway on 127.0.0.1:8787 with demo upstreams (Ctrl-C stops)"
@@ -22,8 +22,12 @@ build: setup
 dev: build
 	@bash scripts/dev.sh
 
-test: setup fmt-check lint test-native build test-e2e deploy-dry-run
+test: setup-test fmt-check lint test-native build test-e2e deploy-dry-run
 	@echo "==> all tests passed"
+
+# The end-to-end tests also need promtool (exposition-format check) and Chromium (dashboard).
+setup-test:
+	@bash scripts/setup.sh promtool chromium
 
 fmt:
 	cargo fmt --all

@@ -53,7 +53,10 @@ pub mod migrations {
         m!(2, "experiment", "0002_metrics_decisions_index.sql"),
     ];
     /// `AggregatorDO`.
-    pub const AGGREGATOR: &[Migration] = &[m!(1, "aggregator", "0001_init.sql")];
+    pub const AGGREGATOR: &[Migration] = &[
+        m!(1, "aggregator", "0001_init.sql"),
+        m!(2, "aggregator", "0002_records_root.sql"),
+    ];
 }
 
 /// Maps a platform error inside an object to a core error.

@@ -4,7 +4,8 @@
 #   - worker-build and wasm-bindgen-cli into .tools/ (git-ignored), versions pinned / read from Cargo.lock
 #   - npm packages from package-lock.json (wrangler, Node 22 for wrangler, binaryen's wasm-opt)
 # Optional extras: `setup.sh bench` also installs wrk (Debian) for `make bench`,
-# `setup.sh promtool` installs Prometheus' promtool (Debian) for the exposition-format check.
+# `setup.sh promtool` installs Prometheus' promtool (Debian) for the exposition-format check,
+# `setup.sh chromium` headless Chromium (Debian) for the dashboard test; `make test` asks for both.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -49,18 +50,34 @@ if [ ! -x node_modules/.bin/wrangler ] || [ ! -x node_modules/.bin/wasm-opt ] ||
         || npm install --no-audit --no-fund --no-save --loglevel=error
 fi
 
+# Debian packages: as root, or through sudo when it is available. The package index is refreshed
+# only when a first attempt fails (a fresh image often has none).
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { echo "installing $* needs root or sudo" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    ($sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1) \
+        || ($sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@")
+}
+
 for extra in "$@"; do
     case "$extra" in
         bench)
             if ! command -v wrk >/dev/null; then
                 step "installing wrk (Debian) for the benchmarks"
-                (apt-get install -y -qq wrk >/dev/null 2>&1) || (apt-get update -qq && apt-get install -y -qq wrk)
+                apt_install wrk
             fi ;;
         promtool)
             if ! command -v promtool >/dev/null; then
-                step "installing promtool (Debian package prometheus)"
-                (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1) \
-                    || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+                step "installing promtool (Debian package prometheus) for the exposition-format check"
+                apt_install prometheus
+            fi ;;
+        chromium)
+            if ! command -v chromium >/dev/null; then
+                step "installing headless Chromium (Debian) for the dashboard test"
+                apt_install chromium
             fi ;;
     esac
 done

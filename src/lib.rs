@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod routes;
 pub mod stub;
+pub mod telemetry;
 
 #[path = "../durable_objects/mod.rs"]
 pub mod durable_objects;

@@ -192,8 +192,25 @@ pub struct Config {
     pub provider_probe_interval_ms: u64,
     /// `EXPERIMENT_ANALYSIS_INTERVAL_MS`.
     pub experiment_analysis_interval_ms: u64,
-    /// `ROLLUP_INTERVAL_MS`: aggregator sealing period.
+    /// `ROLLUP_INTERVAL_MS`: how often the root aggregator merges shards and evaluates alerts
+    /// (and shards seal and prune).
     pub rollup_interval_ms: u64,
+    /// `ROLLUP_BUCKET_MS`: fine bucket width (60000 = the 1-minute buckets kept 24 h; must divide
+    /// an hour; the tests use 1000).
+    pub rollup_bucket_ms: u64,
+    /// `ROLLUP_SEAL_GRACE_MS`: how long after a bucket ends a shard still accepts its records.
+    pub rollup_seal_grace_ms: u64,
+    /// `ALERT_RULES`: JSON array of rules (absent: the defaults).
+    pub alert_rules: Vec<crate::observe::alerts::Rule>,
+    /// `ALERT_WEBHOOK_URL`: where firing/resolved notifications are POSTed (absent: none).
+    pub alert_webhook_url: Option<String>,
+    /// `ALERT_REPEAT_INTERVAL_MS`: re-notify a still-firing alert after this long (default 4 h).
+    pub alert_repeat_interval_ms: u64,
+    /// `ALERT_WEBHOOK_TIMEOUT_MS`: per delivery attempt; the alarm spends at most 3× this on
+    /// deliveries per run.
+    pub alert_webhook_timeout_ms: u64,
+    /// `PLATFORM_PRICES`: JSON prices for the platform cost estimate.
+    pub platform_prices: crate::observe::export::Prices,
     /// `RATE_LIMIT_POLICIES`: JSON `{"name": {"algorithm":..,"capacity":..,...}}`: the defaults;
     /// admin changes stored in the rate-limiter objects override them.
     pub rate_limit_policies: BTreeMap<String, Policy>,
@@ -303,6 +320,43 @@ impl Config {
                 86_400_000,
             )?,
             rollup_interval_ms: num(get, "ROLLUP_INTERVAL_MS", 60_000, 100, 86_400_000)?,
+            rollup_bucket_ms: {
+                let b: u64 = num(get, "ROLLUP_BUCKET_MS", 60_000, 1_000, 3_600_000)?;
+                if 3_600_000 % b != 0 {
+                    return Err(GatewayError::Internal(
+                        "configuration: ROLLUP_BUCKET_MS must divide an hour (3600000)".into(),
+                    ));
+                }
+                b
+            },
+            rollup_seal_grace_ms: num(get, "ROLLUP_SEAL_GRACE_MS", 5_000, 0, 600_000)?,
+            alert_rules: crate::observe::alerts::parse_rules(get("ALERT_RULES").as_deref())
+                .map_err(|e| GatewayError::Internal(format!("configuration: ALERT_RULES: {e}")))?,
+            alert_webhook_url: match get("ALERT_WEBHOOK_URL").filter(|u| !u.trim().is_empty()) {
+                None => None,
+                Some(u)
+                    if (u.starts_with("https://") || u.starts_with("http://"))
+                        && u.len() <= 2048 =>
+                {
+                    Some(u)
+                }
+                Some(_) => {
+                    return Err(GatewayError::Internal(
+                        "configuration: ALERT_WEBHOOK_URL must be an http(s) URL".into(),
+                    ))
+                }
+            },
+            alert_repeat_interval_ms: num(
+                get,
+                "ALERT_REPEAT_INTERVAL_MS",
+                4 * 3_600_000,
+                1_000,
+                7 * 86_400_000,
+            )?,
+            alert_webhook_timeout_ms: num(get, "ALERT_WEBHOOK_TIMEOUT_MS", 2_000, 100, 30_000)?,
+            platform_prices: crate::observe::export::Prices::parse(
+                get("PLATFORM_PRICES").as_deref(),
+            )?,
             rate_limit_policies: policies,
             providers,
             experiments,
@@ -334,6 +388,15 @@ mod tests {
         let e = Config::from_lookup(&|k| (k == "PROVIDERS").then(|| "{\"g\":[]}".to_string()))
             .unwrap_err();
         assert!(e.to_string().contains("group g"));
+        let e = Config::from_lookup(&|k| (k == "ROLLUP_BUCKET_MS").then(|| "7000".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("ROLLUP_BUCKET_MS"));
+        let e = Config::from_lookup(&|k| (k == "ALERT_WEBHOOK_URL").then(|| "ftp://x".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("ALERT_WEBHOOK_URL"));
+        let e =
+            Config::from_lookup(&|k| (k == "ALERT_RULES").then(|| "[{}]".to_string())).unwrap_err();
+        assert!(e.to_string().contains("ALERT_RULES"));
     }
 
     #[test]

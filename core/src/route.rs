@@ -51,6 +51,16 @@ pub enum Route {
     Health,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /v1/metrics/series`: time series for charts.
+    MetricsSeries,
+    /// `GET /dashboard`: the live dashboard page.
+    Dashboard,
+    /// `GET /v1/alerts`: active alerts and history.
+    Alerts,
+    /// `GET /v1/reports/daily`: the latest daily report.
+    DailyReport,
+    /// `POST /v1/rollup/run` (admin): run the root aggregator's alarm work now.
+    RollupRun,
     /// `/v1/ratelimit/{policy}/{key...}`.
     RateLimit {
         /// Policy name.
@@ -142,6 +152,7 @@ impl Route {
                 | Route::PolicyPut(_)
                 | Route::ExperimentAnalyse(_)
                 | Route::ExperimentDelete(_)
+                | Route::RollupRun
                 | Route::ExperimentPause(_)
                 | Route::ExperimentResume(_)
                 | Route::ExperimentRetire { .. }
@@ -198,6 +209,33 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
                 Ok(Route::Metrics)
             } else {
                 Err(not_allowed(m, "GET"))
+            }
+        }
+        ["dashboard"] | ["v1", "alerts"] => {
+            if !is("GET") {
+                return Err(not_allowed(m, "GET"));
+            }
+            Ok(if segs[0] == "dashboard" {
+                Route::Dashboard
+            } else {
+                Route::Alerts
+            })
+        }
+        ["v1", "metrics", "series"] | ["v1", "reports", "daily"] => {
+            if !is("GET") {
+                return Err(not_allowed(m, "GET"));
+            }
+            Ok(if segs.get(1) == Some(&"metrics") {
+                Route::MetricsSeries
+            } else {
+                Route::DailyReport
+            })
+        }
+        ["v1", "rollup", "run"] => {
+            if is("POST") {
+                Ok(Route::RollupRun)
+            } else {
+                Err(not_allowed(m, "POST"))
             }
         }
         ["v1", "ratelimit", policy, rest @ ..] if !rest.is_empty() => {
@@ -462,6 +500,18 @@ mod tests {
             assert!(route(m, p).unwrap().requires_admin(), "{m} {p}");
         }
         assert!(!route("GET", "/v1/experiments").unwrap().requires_admin());
+        assert!(route("POST", "/v1/rollup/run").unwrap().requires_admin());
+        assert_eq!(route("GET", "/dashboard").unwrap(), Route::Dashboard);
+        assert_eq!(route("GET", "/v1/alerts").unwrap(), Route::Alerts);
+        assert_eq!(
+            route("GET", "/v1/metrics/series").unwrap(),
+            Route::MetricsSeries
+        );
+        assert_eq!(
+            route("GET", "/v1/reports/daily").unwrap(),
+            Route::DailyReport
+        );
+        assert_eq!(route("POST", "/dashboard").unwrap_err().status(), 405);
         assert_eq!(
             route("POST", "/v1/experiments/e/arms/t/retire").unwrap(),
             Route::ExperimentRetire {

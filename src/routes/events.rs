@@ -1,19 +1,36 @@
-//! `POST /v1/events` (metric ingest into a sharded aggregator) and `GET /metrics` (fan-in).
+//! Observability routes: `POST /v1/events` (external records), `GET /metrics` (JSON and
+//! Prometheus), `GET /v1/metrics/series`, `GET /v1/alerts`, `GET /v1/reports/daily`,
+//! `POST /v1/rollup/run` (admin) and `GET /dashboard`.
+//!
+//! `/metrics` is exact and fresh: the root's merged buckets plus, from every shard, the windows
+//! at or after the root's cursor for it (fetched concurrently), so nothing is missed or counted
+//! twice whatever the alarms are doing.
 
 use futures::future::join_all;
+use gateway_core::balancer::Circuit;
 use gateway_core::config::Config;
-use gateway_core::protocol::aggregator::{Request as ARequest, Response as AResponse};
-use gateway_core::rollup::{CacheOutcome, MetricEvent, Window, MAX_BATCH};
-use gateway_core::shard::shard_name;
-use gateway_core::GatewayError;
+use gateway_core::observe::alerts::{Phase, Severity};
+use gateway_core::observe::export::{
+    metrics_json, prometheus, series_json, Issue, ProviderHealthView, Snapshot,
+};
+use gateway_core::observe::series::{floor, Period};
+use gateway_core::observe::{Agg, CacheOutcome, Record};
+use gateway_core::protocol::aggregator::{
+    Request as ARequest, Response as AResponse, Windows, ROOT,
+};
+use gateway_core::protocol::providers::{Request as PRequest, Response as PResponse};
+use gateway_core::{GatewayError, UnixMillis};
 use serde::Deserialize;
-use serde_json::json as j;
+use serde_json::{json as j, Value};
 use worker::{Env, Headers, Request, Response};
 
 use super::now;
 use crate::error::AppResult;
 use crate::http::{json, parse_json, read_body};
 use crate::stub::{binding, call, unexpected};
+
+/// Largest batch `POST /v1/events` accepts.
+pub const MAX_EVENTS: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +41,10 @@ struct EventJson {
     cache: CacheOutcome,
     #[serde(default)]
     rate_limited: bool,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    upstream_calls: u8,
 }
 
 fn no_cache() -> CacheOutcome {
@@ -36,8 +57,9 @@ struct Batch {
     events: Vec<EventJson>,
 }
 
-/// `POST /v1/events`: `{"events":[{"status":200,"latency_ms":12,"cache":"hit"}]}`, at most
-/// 1000 per call, stamped with the gateway's clock and sent to one aggregator shard.
+/// `POST /v1/events`: `{"events":[{"status":200,"latency_ms":12,"cache":"hit","key":"k"}]}`, at
+/// most 1000 per call, stamped with the gateway's clock and recorded in one aggregator shard
+/// (the same pipeline as proxied requests).
 pub async fn ingest(
     mut req: Request,
     env: &Env,
@@ -45,73 +67,59 @@ pub async fn ingest(
     request_id: &str,
 ) -> AppResult<Response> {
     let batch: Batch = parse_json(&read_body(&mut req, cfg.max_body_bytes).await?)?;
-    if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
+    if batch.events.is_empty() || batch.events.len() > MAX_EVENTS {
         return Err(GatewayError::bad_request(
             "invalid-event",
-            format!("send 1 to {MAX_BATCH} events"),
+            format!("send 1 to {MAX_EVENTS} events"),
         )
         .into());
     }
     let at = now();
-    let mut events = Vec::with_capacity(batch.events.len());
+    let mut records = Vec::with_capacity(batch.events.len());
     for e in batch.events {
-        let ev = MetricEvent {
+        let r = Record {
             at,
             status: e.status,
             latency_ms: e.latency_ms,
             cache: e.cache,
             rate_limited: e.rate_limited,
+            upstream_calls: e.upstream_calls,
+            key: e.key.unwrap_or_default(),
+            provider: None,
+            provider_latency_ms: 0,
+            provider_error: false,
+            cost_micro_usd: 0,
         };
-        ev.validate()?;
-        events.push(ev);
+        r.validate()?;
+        records.push(r);
     }
-    let object = shard_name("aggregator", request_id, cfg.aggregator_shards);
-    match call(
-        env,
-        binding::AGGREGATOR,
-        &object,
-        &ARequest::Ingest { events },
-    )
-    .await?
-    {
-        AResponse::Ingested(r) => json(&j!({ "accepted": r.accepted, "late": r.late }), 202),
+    let object = gateway_core::shard::shard_name("aggregator", request_id, cfg.aggregator_shards);
+    let msg = ARequest::Record {
+        batch: format!("events-{request_id}-{}", at.0),
+        records,
+    };
+    match call(env, binding::AGGREGATOR, &object, &msg).await? {
+        AResponse::Ingested { accepted, late, .. } => {
+            json(&j!({ "accepted": accepted, "late": late }), 202)
+        }
         _ => Err(unexpected("aggregator")),
     }
 }
 
-fn period_ms(period: &str) -> Result<i64, GatewayError> {
-    match period {
-        "1h" => Ok(3_600_000),
-        "24h" => Ok(86_400_000),
-        "7d" => Ok(7 * 86_400_000),
-        _ => Err(GatewayError::bad_request(
-            "invalid-query",
-            "period must be 1h, 24h or 7d",
-        )),
-    }
-}
-
-fn pct(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        (part as f64 * 10_000.0 / whole as f64).round() / 100.0
-    }
-}
-
-/// `GET /metrics?period=1h|24h|7d&format=json|prometheus`: merges every aggregator shard's
-/// windows (fetched concurrently).
-pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Response> {
-    let mut period = "1h".to_string();
-    let mut format = "json".to_string();
-    for (k, v) in crate::http::query(&req)? {
+fn period_param(req: &Request, default_format: &str) -> AppResult<(Period, String)> {
+    let mut period = Period::Hour;
+    let mut format = default_format.to_string();
+    for (k, v) in crate::http::query(req)? {
         match k.as_str() {
-            "period" => period = v,
+            "period" => {
+                period = Period::parse(&v).ok_or_else(|| {
+                    GatewayError::bad_request("invalid-query", "period must be 1h, 24h or 7d")
+                })?;
+            }
             "format" => format = v,
             _ => {}
         }
     }
-    let span = period_ms(&period)?;
     if format != "json" && format != "prometheus" {
         return Err(GatewayError::bad_request(
             "invalid-query",
@@ -119,95 +127,273 @@ pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Respons
         )
         .into());
     }
-    let t = now();
-    let since = t.plus_ms(-span).minute_floor();
+    Ok((period, format))
+}
+
+async fn root(env: &Env, msg: ARequest) -> AppResult<AResponse> {
+    call(env, binding::AGGREGATOR, ROOT, &msg).await
+}
+
+/// Every shard's windows at or after the root's cursor for it (the part not merged yet).
+async fn live(
+    env: &Env,
+    cfg: &Config,
+    cursors: &[(u32, UnixMillis)],
+) -> AppResult<Vec<(UnixMillis, Agg)>> {
     let calls = (0..cfg.aggregator_shards).map(|i| {
+        let since = cursors
+            .iter()
+            .find(|(s, _)| *s == i)
+            .map_or(UnixMillis(0), |(_, c)| *c);
         let name = format!("aggregator:{i}");
         async move {
-            call(
+            call::<_, AResponse>(
                 env,
                 binding::AGGREGATOR,
                 &name,
-                &ARequest::Snapshot { since },
+                &ARequest::Collect { since },
             )
             .await
         }
     });
-    let mut total = Window::default();
+    let mut out = Vec::new();
     for r in join_all(calls).await {
         match r? {
-            AResponse::Snapshot { windows } => windows.iter().for_each(|(_, w)| total.merge(w)),
+            AResponse::Windows(Windows { sealed, open, .. }) => {
+                out.extend(sealed);
+                out.extend(open);
+            }
             _ => return Err(unexpected("aggregator")),
         }
     }
-    let served = total.cache_hits + total.stale_hits;
-    let lookups = served + total.cache_misses;
+    Ok(out)
+}
+
+/// Live health of the providers of every configured group and of every group with traffic in
+/// `agg`, as `group/name`.
+async fn provider_health(env: &Env, cfg: &Config, agg: &Agg) -> Vec<ProviderHealthView> {
+    let mut groups: Vec<String> = cfg.providers.keys().cloned().collect();
+    for (name, _) in &agg.providers {
+        if let Some((g, _)) = name.split_once('/') {
+            if !groups.iter().any(|x| x == g) && gateway_core::validate::name("group", g).is_ok() {
+                groups.push(g.to_string());
+            }
+        }
+    }
+    groups.truncate(64);
+    let calls = groups.iter().map(|g| async move {
+        let msg = PRequest::Status { group: g.clone() };
+        call::<_, PResponse>(
+            env,
+            binding::PROVIDER_HEALTH,
+            &super::providers::object_name(g),
+            &msg,
+        )
+        .await
+    });
+    let mut out = Vec::new();
+    for r in join_all(calls).await {
+        if let Ok(PResponse::Status(s)) = r {
+            for p in s.providers {
+                let status = if !p.healthy {
+                    "ejected"
+                } else if p.circuit != Circuit::Closed {
+                    "recovering"
+                } else {
+                    "healthy"
+                };
+                out.push(ProviderHealthView {
+                    name: format!("{}/{}", s.group, p.spec.name),
+                    status: status.into(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// `GET /metrics?period=1h|24h|7d&format=json|prometheus`.
+pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Response> {
+    let (period, format) = period_param(&req, "json")?;
+    let AResponse::Summary(summary) = root(env, ARequest::Summary { period }).await? else {
+        return Err(unexpected("aggregator root"));
+    };
+    let windows = live(env, cfg, &summary.cursors).await?;
+    let t = now().max(summary.now);
+    let fine = cfg.rollup_bucket_ms as i64;
+    let start = if period == Period::Week {
+        floor(t.plus_ms(-period.span_ms()), 3_600_000).plus_ms(3_600_000)
+    } else {
+        floor(t.plus_ms(-period.span_ms()), fine).plus_ms(fine)
+    };
+    let mut agg = summary.agg.clone();
+    let mut lifetime = summary.lifetime.clone();
+    let mut earliest = summary.earliest;
+    for (at, w) in &windows {
+        lifetime.add(w);
+        if *at >= start {
+            agg.merge(w);
+            if w.requests > 0 {
+                earliest = Some(earliest.map_or(*at, |e| e.min(*at)));
+            }
+        }
+    }
+    let providers = provider_health(env, cfg, &agg).await;
+    let covered_ms = earliest
+        .map_or(fine, |e| t.since(e).max(fine))
+        .min(period.span_ms());
+    let mut issues: Vec<Issue> = summary
+        .issues
+        .iter()
+        .map(|i| Issue {
+            severity: i.severity,
+            message: i.message.clone(),
+            since: i.since,
+        })
+        .collect();
+    for p in providers.iter().filter(|p| p.status == "ejected") {
+        issues.push(Issue {
+            severity: Severity::Warning,
+            message: format!("provider {} is ejected", p.name),
+            since: t,
+        });
+    }
+    let snapshot = Snapshot {
+        now: t,
+        period,
+        agg: &agg,
+        covered_ms,
+        lifetime: &lifetime,
+        providers: &providers,
+        issues: &issues,
+        prices: &cfg.platform_prices,
+    };
     if format == "prometheus" {
-        let text = prometheus(&total);
         let headers = Headers::new();
         headers.set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")?;
-        return Ok(Response::ok(text)?.with_headers(headers));
+        return Ok(Response::ok(prometheus(&snapshot))?.with_headers(headers));
     }
+    json(&metrics_json(&snapshot), 200)
+}
+
+/// `GET /v1/metrics/series?period=1h|24h|7d`: chart points (root buckets plus live windows).
+pub async fn series(req: Request, env: &Env, cfg: &Config) -> AppResult<Response> {
+    let (period, _) = period_param(&req, "json")?;
+    let AResponse::Points {
+        step_ms,
+        mut points,
+        cursors,
+    } = root(env, ARequest::Points { period }).await?
+    else {
+        return Err(unexpected("aggregator root"));
+    };
+    let t = now();
+    let since = floor(t.plus_ms(-period.span_ms()), step_ms).plus_ms(step_ms);
+    for (at, w) in live(env, cfg, &cursors).await? {
+        if at < since {
+            continue;
+        }
+        let b = floor(at, step_ms);
+        match points.binary_search_by_key(&b, |(p, _)| *p) {
+            Ok(i) => points[i].1.merge(&w),
+            Err(i) => points.insert(i, (b, w)),
+        }
+    }
+    json(&series_json(period, step_ms, &points), 200)
+}
+
+/// `GET /v1/alerts`: rules, active alerts and the notification history.
+pub async fn alerts(env: &Env) -> AppResult<Response> {
+    let AResponse::Alerts(v) = root(env, ARequest::Alerts).await? else {
+        return Err(unexpected("aggregator root"));
+    };
+    let rule = |name: &str| v.rules.iter().find(|r| r.name == name);
+    let active: Vec<Value> = v
+        .states
+        .iter()
+        .filter_map(|s| {
+            let r = rule(&s.rule)?;
+            let (state, since) = match s.phase {
+                Phase::Pending { since } => ("pending", since),
+                Phase::Firing { since, .. } => ("firing", since),
+                Phase::Inactive => return None,
+            };
+            Some(j!({
+                "name": s.rule,
+                "severity": r.severity.name(),
+                "metric": r.metric.name(),
+                "state": state,
+                "value": s.value,
+                "threshold": r.threshold,
+                "since": since.to_rfc3339(),
+            }))
+        })
+        .collect();
+    let history: Vec<Value> = v
+        .history
+        .iter()
+        .rev()
+        .map(|n| {
+            let p = n.payload();
+            j!({
+                "name": n.rule,
+                "severity": n.severity.name(),
+                "status": p["status"],
+                "repeat": n.repeat,
+                "value": n.value,
+                "threshold": n.threshold,
+                "at": n.at.to_rfc3339(),
+                "startsAt": n.starts_at.to_rfc3339(),
+                "endsAt": n.ends_at.map(UnixMillis::to_rfc3339),
+            })
+        })
+        .collect();
+    let rules: Vec<Value> = v
+        .rules
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect();
     json(
         &j!({
-            "timestamp": t.to_rfc3339(),
-            "period": period,
-            "volume": {
-                "totalRequests": total.requests,
-                "cacheHits": total.cache_hits,
-                "staleHits": total.stale_hits,
-                "cacheMisses": total.cache_misses,
-                "rateLimited": total.rate_limited,
-                "errors": total.errors,
-            },
-            "hitRates": {
-                "cache": pct(total.cache_hits, lookups),
-                "stale": pct(total.stale_hits, lookups),
-                "combined": pct(served, lookups),
-            },
-            "latency": {
-                "avg": if total.requests == 0 { 0.0 } else { total.latency_sum_ms as f64 / total.requests as f64 },
-                "max": total.latency_max_ms,
-            },
+            "active": active,
+            "history": history,
+            "rules": rules,
+            "webhook": { "configured": v.webhook, "pending": v.pending, "delivered": v.delivered, "dropped": v.dropped },
         }),
         200,
     )
 }
 
-fn prometheus(w: &Window) -> String {
-    let mut out = String::new();
-    let counters = [
-        ("gateway_requests_total", "Requests recorded.", w.requests),
-        (
-            "gateway_errors_total",
-            "Responses with status >= 500.",
-            w.errors,
-        ),
-        ("gateway_cache_hits_total", "Cache hits.", w.cache_hits),
-        (
-            "gateway_cache_stale_hits_total",
-            "Stale cache hits.",
-            w.stale_hits,
-        ),
-        (
-            "gateway_cache_misses_total",
-            "Cache misses.",
-            w.cache_misses,
-        ),
-        (
-            "gateway_rate_limited_total",
-            "Rate-limited requests.",
-            w.rate_limited,
-        ),
-    ];
-    for (name, help, v) in counters {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-        ));
-    }
-    out.push_str(&format!(
-        "# HELP gateway_latency_max_ms Largest latency in the period.\n# TYPE gateway_latency_max_ms gauge\ngateway_latency_max_ms {}\n",
-        w.latency_max_ms
-    ));
-    out
+/// `GET /v1/reports/daily`.
+pub async fn report(env: &Env) -> AppResult<Response> {
+    let AResponse::Report(text) = root(env, ARequest::Report).await? else {
+        return Err(unexpected("aggregator root"));
+    };
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| GatewayError::Internal(format!("stored report: {e}")))?;
+    json(&v, 200)
 }
+
+/// `POST /v1/rollup/run` (admin): run the root's alarm work now (merging is idempotent, so
+/// this is also how the tests force alarm retries).
+pub async fn run(env: &Env) -> AppResult<Response> {
+    let AResponse::Ran(r) = root(env, ARequest::Run).await? else {
+        return Err(unexpected("aggregator root"));
+    };
+    json(&serde_json::to_value(&r).unwrap_or(Value::Null), 200)
+}
+
+/// `GET /dashboard`: the page (it reads the JSON APIs above).
+pub fn dashboard() -> AppResult<Response> {
+    let headers = Headers::new();
+    headers.set("Content-Type", "text/html; charset=utf-8")?;
+    headers.set("Cache-Control", "no-cache")?;
+    headers.set(
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+    )?;
+    Ok(Response::ok(DASHBOARD)?.with_headers(headers))
+}
+
+/// The dashboard page, embedded at build time.
+pub const DASHBOARD: &str = include_str!("../../assets/dashboard.html");

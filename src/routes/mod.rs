@@ -33,6 +33,11 @@ pub async fn dispatch(
     match route {
         Route::Health => health::health(cfg),
         Route::Metrics => events::metrics(req, env, cfg).await,
+        Route::MetricsSeries => events::series(req, env, cfg).await,
+        Route::Alerts => events::alerts(env).await,
+        Route::DailyReport => events::report(env).await,
+        Route::RollupRun => events::run(env).await,
+        Route::Dashboard => events::dashboard(),
         Route::EventsIngest => events::ingest(req, env, cfg, request_id).await,
         Route::RateLimit { policy, key, op } => {
             ratelimit::handle(req, env, cfg, request_id, &policy, &key, op).await

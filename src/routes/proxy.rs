@@ -20,6 +20,7 @@ use futures::future::{select, Either};
 use gateway_core::balancer::{judge, may_retry, parse_retry_after, Attempt, Outcome, Pick};
 use gateway_core::cache::policy::{cache_key, storable};
 use gateway_core::config::Config;
+use gateway_core::observe::{CacheOutcome, Record};
 use gateway_core::protocol::cache::{PutSpec, Request as CacheRequest, Response as CacheResponse};
 use gateway_core::protocol::providers::{Request as PRequest, Response as PResponse};
 use gateway_core::shard::shard_name;
@@ -161,6 +162,19 @@ fn usage(body: &[u8]) -> (u32, u32) {
     }
 }
 
+/// The top-keys key of a proxied request: `{group}/{path}`, at most 256 bytes.
+fn record_key(group: &str, path: &str) -> String {
+    let mut k = format!("{group}/{path}");
+    if k.len() > gateway_core::observe::MAX_KEY_BYTES {
+        let mut end = gateway_core::observe::MAX_KEY_BYTES;
+        while !k.is_char_boundary(end) {
+            end -= 1;
+        }
+        k.truncate(end);
+    }
+    k
+}
+
 fn elapsed_ms(start: UnixMillis) -> u32 {
     u32::try_from(now().since(start).max(0)).unwrap_or(u32::MAX)
 }
@@ -232,7 +246,31 @@ pub async fn proxy(
         futures::join!(check_caller(&req, env, cfg), lookup, cohort_lookup);
     let (_, policy, decision, shadow_denied) = limit?;
     let policy_name = cfg.rate_limit_caller_policy.clone();
+    let record = |status: u16,
+                  cache: CacheOutcome,
+                  upstream: Option<(&str, &Outcome)>,
+                  calls: usize,
+                  cost: u64| Record {
+        at: started,
+        status,
+        latency_ms: elapsed_ms(started),
+        cache,
+        rate_limited: status == 429 && calls == 0 && cache == CacheOutcome::None,
+        upstream_calls: u8::try_from(calls).unwrap_or(u8::MAX),
+        key: record_key(group, path),
+        provider: upstream.map(|(p, _)| format!("{group}/{p}")),
+        provider_latency_ms: upstream.map_or(0, |(_, o)| o.latency_ms),
+        provider_error: upstream.is_some_and(|(_, o)| !o.ok),
+        cost_micro_usd: cost,
+    };
     if !decision.allowed {
+        crate::telemetry::emit(
+            ctx,
+            env,
+            cfg.aggregator_shards,
+            request_id,
+            record(429, CacheOutcome::None, None, 0, 0),
+        );
         return super::ratelimit::decision_response(
             &policy_name,
             &caller,
@@ -286,6 +324,13 @@ pub async fn proxy(
         resp.headers_mut()
             .set("Age", &(c.age_ms / 1000).to_string())?;
         report(true, status, 0);
+        crate::telemetry::emit(
+            ctx,
+            env,
+            cfg.aggregator_shards,
+            request_id,
+            record(status, CacheOutcome::Hit, None, 0, 0),
+        );
         return finish(resp, "HIT", None, 0);
     }
 
@@ -346,6 +391,12 @@ pub async fn proxy(
         }
     }
     let attempts = tried.len();
+    let lookup_outcome = if cache_object.is_some() {
+        CacheOutcome::Miss
+    } else {
+        CacheOutcome::None
+    };
+    let last = outcomes.last().map(|(p, o)| (p.clone(), *o));
 
     // 4. Off the response path: outcomes to the provider group, a storable answer to the cache.
     {
@@ -413,6 +464,19 @@ pub async fn proxy(
                 .with_status(status)
                 .with_headers(headers);
             report(false, status, cost_micro_usd);
+            crate::telemetry::emit(
+                ctx,
+                env,
+                cfg.aggregator_shards,
+                request_id,
+                record(
+                    status,
+                    lookup_outcome,
+                    last.as_ref().map(|(p, o)| (p.as_str(), o)),
+                    attempts,
+                    cost_micro_usd,
+                ),
+            );
             finish(resp, "MISS", Some(&provider), attempts)
         }
         other => {
@@ -443,6 +507,19 @@ pub async fn proxy(
             extra.insert("attempts".into(), serde_json::json!(tried));
             extra.insert("group".into(), serde_json::json!(group));
             report(false, err.status(), cost_micro_usd);
+            crate::telemetry::emit(
+                ctx,
+                env,
+                cfg.aggregator_shards,
+                request_id,
+                record(
+                    err.status(),
+                    lookup_outcome,
+                    last.as_ref().map(|(p, o)| (p.as_str(), o)),
+                    attempts,
+                    cost_micro_usd,
+                ),
+            );
             let mut resp = problem_with_extra(&err, request_id, &gateway_path, Some(extra))?;
             if let Some(ra) = retry_after {
                 resp.headers_mut().set("Retry-After", &ra)?;

@@ -46,7 +46,11 @@ pub async fn stats(env: &Env, cfg: &Config, component: Component, id: &str) -> A
             }
         }
         Component::Aggregator => {
-            let name = format!("aggregator:{}", shard(id, cfg.aggregator_shards)?);
+            let name = if id == "root" {
+                aggregator::ROOT.to_string()
+            } else {
+                format!("aggregator:{}", shard(id, cfg.aggregator_shards)?)
+            };
             match call(env, binding::AGGREGATOR, &name, &aggregator::Request::Stats).await? {
                 aggregator::Response::Stats(s) => json(&s, 200),
                 _ => Err(unexpected("aggregator")),

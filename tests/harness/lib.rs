@@ -446,3 +446,91 @@ pub fn parse_ratelimit_field(
         })
         .collect()
 }
+
+/// A local webhook receiver on 127.0.0.1: records every POSTed JSON body. The first
+/// `fail_first` requests are answered 503 (to exercise retries), the rest 200.
+pub struct Webhook {
+    /// Its URL.
+    pub url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    attempts: std::sync::Arc<AtomicU32>,
+}
+
+impl Webhook {
+    /// Starts the receiver on a free port.
+    pub fn start(fail_first: u32) -> Webhook {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind webhook receiver");
+        let url = format!(
+            "http://127.0.0.1:{}/hook",
+            listener.local_addr().expect("local addr").port()
+        );
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let attempts = std::sync::Arc::new(AtomicU32::new(0));
+        let (rx, at) = (received.clone(), attempts.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then exactly Content-Length bytes of body.
+                let (head_end, length) = loop {
+                    let Ok(n) = s.read(&mut chunk) else {
+                        break (None, 0);
+                    };
+                    if n == 0 {
+                        break (None, 0);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (Some(i + 4), length);
+                    }
+                };
+                let Some(start) = head_end else { continue };
+                while buf.len() < start + length {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let n = at.fetch_add(1, Ordering::SeqCst);
+                let status = if n < fail_first {
+                    "503 Service Unavailable"
+                } else {
+                    if let Ok(v) =
+                        serde_json::from_slice(&buf[start..(start + length).min(buf.len())])
+                    {
+                        rx.lock().expect("webhook lock").push(v);
+                    }
+                    "200 OK"
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Webhook {
+            url,
+            received,
+            attempts,
+        }
+    }
+
+    /// The bodies accepted so far.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.received.lock().expect("webhook lock").clone()
+    }
+
+    /// Requests seen so far, including those answered 503.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::SeqCst)
+    }
+}

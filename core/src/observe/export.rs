@@ -323,18 +323,22 @@ pub fn prometheus(s: &Snapshot<'_>) -> String {
     );
     let p = s.period.name();
     let a = s.agg;
-    let q = |x: f64| a.latency.quantile(x).map_or("NaN".to_string(), num);
+    let q = |x: f64| {
+        a.latency
+            .quantile(x)
+            .map_or("NaN".to_string(), |ms| num(ms / 1000.0))
+    };
     metric(
-        "edge_gateway_latency_ms",
+        "edge_gateway_latency_seconds",
         "summary",
-        "Gateway latency in milliseconds (quantiles over the period, 1% relative error).",
+        "Gateway latency in seconds (quantiles over the period, 1% relative error; sum and count over the lifetime).",
         &[
             (format!("{{quantile=\"0.5\",period=\"{p}\"}}"), q(0.5)),
             (format!("{{quantile=\"0.95\",period=\"{p}\"}}"), q(0.95)),
             (format!("{{quantile=\"0.99\",period=\"{p}\"}}"), q(0.99)),
             (
                 format!("_sum{{period=\"{p}\"}}"),
-                l.latency_sum_ms.to_string(),
+                num(l.latency_sum_ms as f64 / 1000.0),
             ),
             (format!("_count{{period=\"{p}\"}}"), l.requests.to_string()),
         ],
@@ -402,9 +406,9 @@ pub fn prometheus(s: &Snapshot<'_>) -> String {
         &provider_errors,
     );
     metric(
-        "edge_gateway_provider_latency_p99_ms",
+        "edge_gateway_provider_latency_p99_seconds",
         "gauge",
-        "99th percentile latency of each provider over the period, ms.",
+        "99th percentile latency of each provider over the period, in seconds.",
         &provider_p99,
     );
     metric(
@@ -583,7 +587,7 @@ mod tests {
         assert!(text.contains(
             "# TYPE edge_gateway_requests_total counter\nedge_gateway_requests_total 100\n"
         ));
-        assert!(text.contains("edge_gateway_latency_ms_count{period=\"24h\"} 100"));
+        assert!(text.contains("edge_gateway_latency_seconds_count{period=\"24h\"} 100"));
         assert!(text.contains("provider=\"g/al\\\"pha\""), "{text}");
         assert!(text.contains("edge_gateway_provider_up{provider=\"g/al\\\"pha\"} 0"));
         assert!(text.contains("edge_gateway_health{status=\"healthy\"} 1"));

@@ -1,53 +1,187 @@
-//! Messages for `AggregatorDO`.
+//! Messages for `AggregatorDO`. Two roles share the class: ingest shards (`aggregator:{n}`) and
+//! the root (`aggregator:root`), whose alarm merges the shards, evaluates alerts, delivers
+//! webhooks and writes the daily report.
 
 use serde::{Deserialize, Serialize};
 
 use super::ObjectStats;
-use crate::rollup::{IngestResult, MetricEvent, Window};
+use crate::observe::alerts::{AlertState, Notification, Rule, Severity};
+use crate::observe::series::{Lifetime, Period};
+use crate::observe::{Agg, Record};
 use crate::UnixMillis;
 
-/// A request to an aggregator shard.
+/// The root's object name.
+pub const ROOT: &str = "aggregator:root";
+
+/// A request to an aggregator object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    /// Record a batch of events.
-    Ingest {
-        /// Events.
-        events: Vec<MetricEvent>,
+    /// Shard: record a batch. A batch id seen in the last 10 minutes is acknowledged without
+    /// being counted again (a retried delivery).
+    Record {
+        /// Batch id (unique per flush).
+        batch: String,
+        /// Records.
+        records: Vec<Record>,
     },
-    /// Windows at or after `since`.
-    Snapshot {
-        /// Start (inclusive).
+    /// Shard: seal what has ended and answer the windows at or after `since`.
+    Collect {
+        /// The root's cursor for this shard.
         since: UnixMillis,
     },
-    /// Shard statistics.
+    /// Shard or root: statistics.
     Stats,
+    /// Root: run the rollup now (the alarm's work); answers what it did.
+    Run,
+    /// Root: make sure the alarm runs.
+    Wake,
+    /// Root: a period's aggregate with what `/metrics` needs to complete it.
+    Summary {
+        /// Period.
+        period: Period,
+    },
+    /// Root: chart points of a period.
+    Points {
+        /// Period.
+        period: Period,
+    },
+    /// Root: alert rules, states, history and delivery counters.
+    Alerts,
+    /// Root: the latest daily report (or one for the last 24 hours when none exists yet).
+    Report,
 }
 
-/// Shard statistics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Windows stored.
-    pub windows: u64,
-    /// Minutes before this are sealed.
+/// A shard's windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Windows {
+    /// Sealed windows at or after the requested cursor.
+    pub sealed: Vec<(UnixMillis, Agg)>,
+    /// Windows not sealed yet (live).
+    pub open: Vec<(UnixMillis, Agg)>,
+    /// Everything before this is sealed.
     pub sealed_before: UnixMillis,
-    /// Windows sealed by alarms so far.
-    pub sealed_windows: u64,
-    /// Events accepted so far.
-    pub events: u64,
+}
+
+/// Object statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// `shard` or `root`.
+    pub role: String,
+    /// Windows (shard) or fine buckets (root) stored.
+    pub windows: u64,
+    /// Shard: everything before this is sealed.
+    pub sealed_before: UnixMillis,
+    /// Shard: records accepted; root: records merged (lifetime requests).
+    pub records: u64,
+    /// Shard: records counted in a later bucket because they arrived after their bucket sealed.
+    pub late: u64,
+    /// Shard: batches acknowledged as duplicates.
+    pub duplicate_batches: u64,
+    /// Root: per-shard cursors.
+    pub cursors: Vec<(u32, UnixMillis)>,
     /// Alarm and schema bookkeeping.
     pub object: ObjectStats,
 }
 
-/// A reply from an aggregator shard.
+/// What one rollup run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Shard windows merged.
+    pub merged: u32,
+    /// Shard windows skipped as already merged.
+    pub skipped: u32,
+    /// Shards answered.
+    pub shards_ok: u32,
+    /// Shards that failed (retried next run; nothing is lost).
+    pub shards_failed: u32,
+    /// Notifications produced.
+    pub notifications: u32,
+    /// Webhook deliveries that succeeded.
+    pub delivered: u32,
+    /// Webhook deliveries that failed (retried with backoff).
+    pub failed: u32,
+}
+
+/// An active issue (a firing alert or an ejected provider).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IssueWire {
+    /// Severity.
+    pub severity: Severity,
+    /// What is wrong.
+    pub message: String,
+    /// Since when.
+    pub since: UnixMillis,
+}
+
+/// The root's part of a `/metrics` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The root's time.
+    pub now: UnixMillis,
+    /// The period's merged buckets.
+    pub agg: Agg,
+    /// Lifetime counters.
+    pub lifetime: Lifetime,
+    /// Per-shard cursors: `/metrics` adds each shard's windows at or after its cursor.
+    pub cursors: Vec<(u32, UnixMillis)>,
+    /// Start of the earliest bucket in the period with traffic.
+    pub earliest: Option<UnixMillis>,
+    /// Firing alerts.
+    pub issues: Vec<IssueWire>,
+}
+
+/// Alerts view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertsView {
+    /// Rules in force.
+    pub rules: Vec<Rule>,
+    /// Per-rule states.
+    pub states: Vec<AlertState>,
+    /// Notifications, oldest first.
+    pub history: Vec<Notification>,
+    /// Whether a webhook is configured.
+    pub webhook: bool,
+    /// Notifications waiting for delivery.
+    pub pending: u32,
+    /// Delivered so far.
+    pub delivered: u64,
+    /// Dropped after the last retry.
+    pub dropped: u64,
+}
+
+/// A reply from an aggregator object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    /// Batch result.
-    Ingested(IngestResult),
-    /// Windows by minute.
-    Snapshot {
-        /// (minute start, window).
-        windows: Vec<(UnixMillis, Window)>,
+    /// Batch handled.
+    Ingested {
+        /// Records counted.
+        accepted: u32,
+        /// Of which late (counted in the first open bucket).
+        late: u32,
+        /// The batch was a duplicate and was not counted again.
+        duplicate: bool,
     },
-    /// Shard statistics.
+    /// A shard's windows.
+    Windows(Windows),
+    /// Statistics.
     Stats(Stats),
+    /// A rollup run.
+    Ran(RunReport),
+    /// Woken.
+    Awake,
+    /// The root's summary.
+    Summary(Box<Summary>),
+    /// Chart points.
+    Points {
+        /// Step between points, ms.
+        step_ms: i64,
+        /// Points, oldest first.
+        points: Vec<(UnixMillis, Agg)>,
+        /// Per-shard cursors (live windows are added by the caller).
+        cursors: Vec<(u32, UnixMillis)>,
+    },
+    /// Alerts.
+    Alerts(Box<AlertsView>),
+    /// The daily report as JSON text.
+    Report(String),
 }

@@ -1,0 +1,80 @@
+//! Metric emission from the front worker: each proxied request's [`Record`] joins an
+//! isolate-local batch that is flushed to one aggregator shard, off the response path.
+//!
+//! The first record of a batch schedules the flush with `ctx.wait_until` after
+//! [`FLUSH_DELAY_MS`]; records that arrive meanwhile ride along (the scheduled flush keeps the
+//! isolate alive until it has delivered them). A batch that reaches [`MAX_BATCH`] records is
+//! flushed at once. The shard is chosen per batch by the shard function over the flushing
+//! request's id, so batches spread over every shard and no single object sees every request.
+
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+
+use gateway_core::observe::Record;
+use gateway_core::protocol::aggregator::{Request as ARequest, Response as AResponse};
+use gateway_core::shard::shard_name;
+use worker::{Context, Delay, Env};
+
+use crate::stub::{binding, call};
+
+/// How long a batch collects records before it is sent.
+pub const FLUSH_DELAY_MS: u64 = 100;
+/// Largest batch.
+pub const MAX_BATCH: usize = 500;
+
+thread_local! {
+    static BATCH: RefCell<Vec<Record>> = const { RefCell::new(Vec::new()) };
+    static SCHEDULED: Cell<bool> = const { Cell::new(false) };
+    static FLUSHES: Cell<u64> = const { Cell::new(0) };
+    /// A random id for this isolate: batch ids are `{isolate}-{n}`, unique without coordination.
+    static ISOLATE: u64 = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
+}
+
+async fn send(env: &Env, shards: u32, request_id: &str, records: Vec<Record>) {
+    if records.is_empty() {
+        return;
+    }
+    let object = shard_name("aggregator", request_id, shards);
+    // One retry; the batch id lets the shard recognise a retried delivery that had in fact
+    // arrived, so a batch is counted once. Metrics never fail or slow a request.
+    let n = FLUSHES.with(|f| {
+        let n = f.get();
+        f.set(n + 1);
+        n
+    });
+    let msg = ARequest::Record {
+        batch: format!("{:x}-{n}", ISOLATE.with(|i| *i)),
+        records,
+    };
+    for _ in 0..2 {
+        if let Ok(AResponse::Ingested { .. }) = call(env, binding::AGGREGATOR, &object, &msg).await
+        {
+            return;
+        }
+    }
+}
+
+/// Queues a record; schedules the batch's flush when it is the first one.
+pub fn emit(ctx: &Context, env: &Env, shards: u32, request_id: &str, record: Record) {
+    let full = BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        b.push(record);
+        b.len() >= MAX_BATCH
+    });
+    if full {
+        let records = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let (env, id) = (env.clone(), request_id.to_string());
+        ctx.wait_until(async move { send(&env, shards, &id, records).await });
+        return;
+    }
+    if SCHEDULED.with(|s| s.replace(true)) {
+        return;
+    }
+    let (env, id) = (env.clone(), request_id.to_string());
+    ctx.wait_until(async move {
+        Delay::from(Duration::from_millis(FLUSH_DELAY_MS)).await;
+        SCHEDULED.with(|s| s.set(false));
+        let records = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        send(&env, shards, &id, records).await;
+    });
+}
