@@ -11,6 +11,7 @@ fn metrics_answers_the_documented_shape_for_every_period() {
     let rt = &shared().rt;
     for period in ["1h", "24h", "7d"] {
         let v = rt.get(&format!("/metrics?period={period}")).json();
+        gateway_e2e::assert_metrics_schema(&v);
         assert_eq!(v["period"], period);
         for k in [
             "timestamp",

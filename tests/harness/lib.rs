@@ -534,3 +534,17 @@ impl Webhook {
         self.attempts.load(Ordering::SeqCst)
     }
 }
+
+/// Validates a `/metrics` JSON answer against `docs/metrics.schema.json`; panics listing every
+/// violation.
+pub fn assert_metrics_schema(doc: &serde_json::Value) {
+    let text = std::fs::read_to_string(root().join("docs/metrics.schema.json"))
+        .expect("read docs/metrics.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&text).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "schema violations: {errors:#?}\n{doc}");
+}

@@ -149,6 +149,7 @@ fn counts_are_exact_quantiles_within_one_percent_across_alarm_retries_and_a_rest
         (volume(&m)[0] >= total).then_some(m)
     });
     assert_eq!(volume(&m), want, "{m}");
+    gateway_e2e::assert_metrics_schema(&m);
     let pct = |part: u64| part as f64 * 100.0 / total as f64;
     let close = |a: &Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-3;
     assert!(
@@ -381,6 +382,7 @@ fn an_error_alert_fires_after_pending_notifies_once_resolves_and_flapping_does_n
     let active = rt.get("/v1/alerts").json();
     assert_eq!(active["active"][0]["state"], "firing", "{active}");
     let health = rt.get("/metrics").json();
+    gateway_e2e::assert_metrics_schema(&health);
     assert_eq!(health["health"]["status"], "critical");
     traffic(3, &|_| true);
     assert_eq!(
