@@ -396,4 +396,4 @@ pub fn dashboard() -> AppResult<Response> {
 }
 
 /// The dashboard page, embedded at build time.
-pub const DASHBOARD: &str = include_str!("../../assets/dashboard.html");
+pub const DASHBOARD: &str = include_str!("../dashboard/index.html");
