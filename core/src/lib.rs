@@ -30,7 +30,6 @@ pub mod observe;
 pub mod problem;
 pub mod protocol;
 pub mod rate_limit;
-pub mod rollup;
 pub mod route;
 pub mod shard;
 pub mod time;

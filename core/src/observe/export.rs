@@ -488,7 +488,7 @@ pub fn series_json(period: Period, step_ms: i64, points: &[(UnixMillis, Agg)]) -
 mod tests {
     use super::super::tests::rec;
     use super::*;
-    use crate::rollup::CacheOutcome;
+    use crate::observe::CacheOutcome;
 
     fn sample() -> (Agg, Lifetime) {
         let mut a = Agg::default();

@@ -19,8 +19,21 @@ pub mod series;
 use serde::{Deserialize, Serialize};
 
 use crate::balancer::sketch::LatencySketch;
-pub use crate::rollup::CacheOutcome;
 use crate::{GatewayError, UnixMillis};
+
+/// A request's cache outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheOutcome {
+    /// Served fresh from cache.
+    Hit,
+    /// Served stale from cache.
+    Stale,
+    /// Looked up, not found (or expired).
+    Miss,
+    /// The cache was not involved.
+    None,
+}
 
 /// Longest request key kept for top keys.
 pub const MAX_KEY_BYTES: usize = 256;

@@ -141,7 +141,7 @@ pub fn daily_report(
 mod tests {
     use super::super::tests::rec;
     use super::*;
-    use crate::rollup::CacheOutcome;
+    use crate::observe::CacheOutcome;
 
     #[test]
     fn hot_keys_with_a_low_hit_rate_and_failing_providers_get_recommendations() {

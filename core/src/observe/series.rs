@@ -360,7 +360,7 @@ impl Shard {
 mod tests {
     use super::super::tests::rec;
     use super::*;
-    use crate::rollup::CacheOutcome;
+    use crate::observe::CacheOutcome;
 
     fn window(n: u64) -> Agg {
         let mut a = Agg::default();
