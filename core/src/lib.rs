@@ -15,7 +15,7 @@
 //! - [`config`]: typed configuration parsed from wrangler `[vars]`.
 //! - [`migrate`]: which numbered SQL migrations a Durable Object still has to apply.
 //! - [`protocol`]: the versioned worker <-> Durable Object messages (postcard).
-//! - [`rate_limit`], [`cache`], [`balancer`], [`experiment`], [`rollup`]: one per Durable Object.
+//! - [`rate_limit`], [`cache`], [`balancer`], [`experiment`], [`observe`]: one per Durable Object.
 //! - [`alarm`]: the shared "when should this object wake up next" rule.
 
 pub mod alarm;
