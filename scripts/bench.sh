@@ -43,10 +43,12 @@ curl -sf "$B/health" >/dev/null || { cat "$OUT/workerd.log"; exit 1; }
 curl -sf -X PUT -H 'Cache-Control: max-age=3600' --data 'hot value' "$B/v1/cache/bench/hot" >/dev/null
 curl -sf -X POST "$B/v1/providers/demo/pick" >/dev/null
 curl -sf -X POST -d '{"unit":"bench-unit"}' "$B/v1/experiments/title-search-ttl/assign" >/dev/null
-curl -sf "$B/v1/proxy/demo/hot" >/dev/null
-for _ in $(seq 1 50); do
-    [ "$(curl -s -o /dev/null -D - "$B/v1/proxy/demo/hot" | tr -d '\r' | sed -n 's/^x-cache: //Ip')" = "HIT" ] && break
-    sleep 0.1
+for hot in /v1/proxy/demo/hot /v1/proxy/demo/title/hot; do
+    curl -sf "$B$hot" >/dev/null
+    for _ in $(seq 1 50); do
+        [ "$(curl -s -o /dev/null -D - "$B$hot" | tr -d '\r' | sed -n 's/^x-cache: //Ip')" = "HIT" ] && break
+        sleep 0.1
+    done
 done
 
 mkdir -p "$OUT/lua"
@@ -69,10 +71,11 @@ declare -A PATHS=(
     [experiment]="/v1/experiments/title-search-ttl/assign experiment"
     [aggregator]="/v1/events aggregator"
     [proxy_hit]="/v1/proxy/demo/hot get"
+    [proxy_exp_hit]="/v1/proxy/demo/title/hot get"
     [proxy_miss]="/v1/proxy/demo/miss unique"
     [upstream_direct]="MOCK/alpha/miss unique"
 )
-ORDER=(health ratelimit cache_hit providers experiment aggregator proxy_hit proxy_miss upstream_direct)
+ORDER=(health ratelimit cache_hit providers experiment aggregator proxy_hit proxy_exp_hit proxy_miss upstream_direct)
 for round in $(seq 1 "$ROUNDS"); do
     for name in "${ORDER[@]}"; do
         read -r path script <<< "${PATHS[$name]}"

@@ -9,7 +9,7 @@ import sys
 
 d, rounds, conns, duration = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 order = ["health", "ratelimit", "cache_hit", "providers", "experiment", "aggregator",
-         "proxy_hit", "proxy_miss", "upstream_direct"]
+         "proxy_hit", "proxy_exp_hit", "proxy_miss", "upstream_direct"]
 label = {
     "health": "`GET /health` (baseline, no DO hop)",
     "ratelimit": "`POST /v1/ratelimit/bench/one-key` (RateLimiterDO, one SQLite write)",
@@ -18,6 +18,7 @@ label = {
     "experiment": "`POST /v1/experiments/title-search-ttl/assign` (ExperimentDO, sticky read)",
     "aggregator": "`POST /v1/events` (AggregatorDO ingest, one SQLite write)",
     "proxy_hit": "`GET /v1/proxy/demo/hot` (proxy, cache hit: rate limit + cache hops)",
+    "proxy_exp_hit": "`GET /v1/proxy/demo/title/hot` (proxy, cache hit in the title-search-ttl experiment: + cohort hop, outcome after the response)",
     "proxy_miss": "`GET /v1/proxy/demo/miss/<unique>` (proxy, miss: + pick, upstream, report, fill)",
     "upstream_direct": "mock upstream called directly (baseline for the proxy miss)",
 }
