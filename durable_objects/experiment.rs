@@ -341,6 +341,17 @@ impl ExperimentDO {
                 let (_, def) = self.load(&db, Some(&name), now)?;
                 Self::do_event(&db, &name, &def, &unit, &values)
             }
+            Request::Events { name, events } => {
+                let (_, def) = self.load(&db, Some(&name), now)?;
+                let (mut counted, mut skipped) = (0u32, 0u32);
+                for (unit, values) in &events {
+                    match Self::do_event(&db, &name, &def, unit, values) {
+                        Ok((Reply::Recorded { counted: true, .. }, _)) => counted += 1,
+                        _ => skipped += 1,
+                    }
+                }
+                Ok((Reply::RecordedMany { counted, skipped }, counted > 0))
+            }
             Request::Analyse { name } => {
                 let (_, def) = self.load(&db, Some(&name), now)?;
                 self.run_analysis(&db, &def, now)?;

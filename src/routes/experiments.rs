@@ -344,6 +344,7 @@ pub async fn target_for(env: &Env, cfg: &Config, group: &str, path: &str) -> Opt
 }
 
 /// A unit's cohort on the proxy path.
+#[derive(Debug, Clone)]
 pub struct Cohort {
     /// Experiment name.
     pub experiment: String,
@@ -355,37 +356,111 @@ pub struct Cohort {
     pub counted: bool,
 }
 
+/// How long an isolate reuses a unit's cohort before asking the experiment again (a promotion,
+/// rollback or pause reaches a returning caller within this time).
+pub const COHORT_TTL_MS: i64 = 5_000;
+/// Cohorts an isolate remembers (the cache is cleared when full).
+const COHORT_CACHE_MAX: usize = 10_000;
+/// Outcomes wait this long to be sent together.
+const OUTCOME_FLUSH_MS: u64 = 100;
+/// Largest outcome batch.
+const OUTCOME_BATCH_MAX: usize = 500;
+
+/// Outcomes waiting for delivery: experiment → (unit, values).
+type Outcomes = std::collections::HashMap<String, Vec<(String, Vec<(String, f64)>)>>;
+
+thread_local! {
+    static COHORTS: RefCell<std::collections::HashMap<(String, String), (UnixMillis, Cohort)>> =
+        RefCell::new(std::collections::HashMap::new());
+    static OUTCOMES: RefCell<Outcomes> = RefCell::new(Outcomes::new());
+    static FLUSH_SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Assigns `unit` in `experiment` for the proxy path; `None` on any failure (an experiment
-/// never fails a proxied request).
+/// never fails a proxied request). Answers are reused for [`COHORT_TTL_MS`] per isolate:
+/// assignments are sticky, so only a status change can make a cached answer stale.
 pub async fn cohort(env: &Env, experiment: &str, unit: &str) -> Option<Cohort> {
+    let key = (experiment.to_string(), unit.to_string());
+    let at = now();
+    let cached = COHORTS.with(|c| {
+        c.borrow()
+            .get(&key)
+            .filter(|(t, _)| at.since(*t) < COHORT_TTL_MS)
+            .map(|(_, c)| c.clone())
+    });
+    if cached.is_some() {
+        return cached;
+    }
     let msg = ERequest::Assign {
         name: experiment.into(),
         unit: unit.into(),
     };
-    match send(env, experiment, msg).await.ok()? {
+    let fresh = match send(env, experiment, msg).await.ok()? {
         EResponse::Assigned {
             variant,
             params,
             counted,
             ..
-        } => Some(Cohort {
+        } => Cohort {
             experiment: experiment.into(),
             variant,
             params: ArmParams::parse(&params).unwrap_or_default(),
             counted,
-        }),
-        _ => None,
-    }
+        },
+        _ => return None,
+    };
+    COHORTS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= COHORT_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(key, (at, fresh.clone()));
+    });
+    Some(fresh)
 }
 
-/// Records a proxied request's outcome for its cohort (called off the response path).
-pub async fn record(env: &Env, experiment: &str, unit: &str, values: Vec<(String, f64)>) {
-    let msg = ERequest::Event {
-        name: experiment.into(),
-        unit: unit.into(),
-        values,
-    };
-    let _ = send(env, experiment, msg).await;
+async fn flush_outcomes(env: &Env) {
+    let batches = OUTCOMES.with(|o| std::mem::take(&mut *o.borrow_mut()));
+    let sends = batches.into_iter().map(|(name, events)| async move {
+        let msg = ERequest::Events {
+            name: name.clone(),
+            events,
+        };
+        let _ = send(env, &name, msg).await;
+    });
+    join_all(sends).await;
+}
+
+/// Queues a proxied request's outcome for its cohort. Outcomes are sent per experiment in
+/// batches, [`OUTCOME_FLUSH_MS`] after the first one (or at [`OUTCOME_BATCH_MAX`]), through
+/// `ctx.wait_until`: one object write per batch instead of one per request.
+pub fn record(
+    ctx: &worker::Context,
+    env: &Env,
+    experiment: &str,
+    unit: &str,
+    values: Vec<(String, f64)>,
+) {
+    let full = OUTCOMES.with(|o| {
+        let mut o = o.borrow_mut();
+        let list = o.entry(experiment.to_string()).or_default();
+        list.push((unit.to_string(), values));
+        list.len() >= OUTCOME_BATCH_MAX
+    });
+    if full {
+        let env = env.clone();
+        ctx.wait_until(async move { flush_outcomes(&env).await });
+        return;
+    }
+    if FLUSH_SCHEDULED.with(|s| s.replace(true)) {
+        return;
+    }
+    let env = env.clone();
+    ctx.wait_until(async move {
+        worker::Delay::from(std::time::Duration::from_millis(OUTCOME_FLUSH_MS)).await;
+        FLUSH_SCHEDULED.with(|s| s.set(false));
+        flush_outcomes(&env).await;
+    });
 }
 
 #[derive(Deserialize)]

@@ -309,10 +309,7 @@ pub async fn proxy(
                 ("error".to_string(), f64::from(u8::from(status >= 500))),
                 ("cost_usd".to_string(), cost_micro_usd as f64 / 1e6),
             ];
-            let (env2, name, unit) = (env.clone(), c.experiment.clone(), caller.clone());
-            ctx.wait_until(async move {
-                experiments::record(&env2, &name, &unit, values).await;
-            });
+            experiments::record(ctx, env, &c.experiment, &caller, values);
         }
     };
 

@@ -434,9 +434,21 @@ fn a_ttl_experiment_on_the_proxy_path_is_promoted_by_the_alarm_and_then_applied(
         .find(|(_, arm)| *arm == "control")
         .map(|(c, _)| c.clone())
         .expect("some caller was in the control");
-    let first = call(&was_control);
+    // A worker isolate reuses a caller's cohort for up to 5 s.
+    eventually(
+        Duration::from_secs(10),
+        "the winner applies to a former control caller",
+        || {
+            (call(&was_control).header("x-experiment")
+                == Some(format!("{name}=treatment").as_str()))
+            .then_some(())
+        },
+    );
+    // Once the control's 1 s entry has expired, the next miss is filled with the winner's TTL.
+    std::thread::sleep(Duration::from_millis(1200));
+    let fill = call(&was_control);
     assert_eq!(
-        first.header("x-experiment"),
+        fill.header("x-experiment"),
         Some(format!("{name}=treatment").as_str())
     );
     std::thread::sleep(Duration::from_millis(1500));

@@ -88,6 +88,14 @@ pub enum Request {
         /// Metric values; names not tracked by the experiment are ignored.
         values: Vec<(String, f64)>,
     },
+    /// Record a batch of outcomes: (unit, metric values) each. Events that fail validation or
+    /// belong to units never assigned are skipped and counted.
+    Events {
+        /// Experiment name.
+        name: String,
+        /// (unit, values).
+        events: Vec<(String, Vec<(String, f64)>)>,
+    },
     /// Definition, tallies and analysis.
     Get {
         /// Experiment name.
@@ -195,6 +203,13 @@ pub enum Response {
         counted: bool,
         /// Metric names the experiment does not track.
         ignored: Vec<String>,
+    },
+    /// A batch handled.
+    RecordedMany {
+        /// Events counted.
+        counted: u32,
+        /// Events skipped (invalid, never assigned, or not counted).
+        skipped: u32,
     },
     /// Deleted; false when there was nothing.
     Deleted {
