@@ -199,6 +199,16 @@ fn counts_are_exact_quantiles_within_one_percent_across_alarm_retries_and_a_rest
         "{prom}"
     );
     promtool_check(&prom);
+    // The daily report (before the first UTC midnight: the last 24 hours, marked incomplete).
+    let report = rt.get("/v1/reports/daily").json();
+    assert_eq!(report["complete"], false);
+    assert_eq!(report["volume"]["totalRequests"], total);
+    let recs = report["recommendations"].as_array().unwrap();
+    assert!(
+        recs.iter()
+            .any(|r| r["kind"] == "raise-ttl" && r["subject"] == "events/0"),
+        "a hot key that never hits gets a TTL recommendation: {recs:?}"
+    );
 
     // 4. A restart changes nothing.
     rt.restart();
