@@ -263,15 +263,16 @@ pub async fn proxy(
         provider_error: upstream.is_some_and(|(_, o)| !o.ok),
         cost_micro_usd: cost,
     };
+    // Emits the request's record (off the response path) and returns the latency it recorded,
+    // which the response reports as `Server-Timing: gateway;dur=<ms>`.
+    let emit = |r: Record| -> u32 {
+        let latency_ms = r.latency_ms;
+        crate::telemetry::emit(ctx, env, cfg.aggregator_shards, request_id, r);
+        latency_ms
+    };
     if !decision.allowed {
-        crate::telemetry::emit(
-            ctx,
-            env,
-            cfg.aggregator_shards,
-            request_id,
-            record(429, CacheOutcome::None, None, 0, 0),
-        );
-        return super::ratelimit::decision_response(
+        let latency_ms = emit(record(429, CacheOutcome::None, None, 0, 0));
+        let mut resp = super::ratelimit::decision_response(
             &policy_name,
             &caller,
             &policy,
@@ -279,15 +280,20 @@ pub async fn proxy(
             shadow_denied,
             &gateway_path,
             request_id,
-        );
+        )?;
+        resp.headers_mut()
+            .set("Server-Timing", &format!("gateway;dur={latency_ms}"))?;
+        return Ok(resp);
     }
     let (rl_policy, rl_limit) = header_values(&policy_name, &policy, &decision);
     let finish = |mut resp: Response,
                   cache: &str,
                   provider: Option<&str>,
-                  attempts: usize|
+                  attempts: usize,
+                  latency_ms: u32|
      -> AppResult<Response> {
         let h = resp.headers_mut();
+        h.set("Server-Timing", &format!("gateway;dur={latency_ms}"))?;
         h.set("X-Cache", cache)?;
         if let Some(p) = provider {
             h.set("X-Provider", p)?;
@@ -321,14 +327,8 @@ pub async fn proxy(
         resp.headers_mut()
             .set("Age", &(c.age_ms / 1000).to_string())?;
         report(true, status, 0);
-        crate::telemetry::emit(
-            ctx,
-            env,
-            cfg.aggregator_shards,
-            request_id,
-            record(status, CacheOutcome::Hit, None, 0, 0),
-        );
-        return finish(resp, "HIT", None, 0);
+        let latency_ms = emit(record(status, CacheOutcome::Hit, None, 0, 0));
+        return finish(resp, "HIT", None, 0, latency_ms);
     }
 
     // 3. Pick, forward, fail over.
@@ -461,20 +461,14 @@ pub async fn proxy(
                 .with_status(status)
                 .with_headers(headers);
             report(false, status, cost_micro_usd);
-            crate::telemetry::emit(
-                ctx,
-                env,
-                cfg.aggregator_shards,
-                request_id,
-                record(
-                    status,
-                    lookup_outcome,
-                    last.as_ref().map(|(p, o)| (p.as_str(), o)),
-                    attempts,
-                    cost_micro_usd,
-                ),
-            );
-            finish(resp, "MISS", Some(&provider), attempts)
+            let latency_ms = emit(record(
+                status,
+                lookup_outcome,
+                last.as_ref().map(|(p, o)| (p.as_str(), o)),
+                attempts,
+                cost_micro_usd,
+            ));
+            finish(resp, "MISS", Some(&provider), attempts, latency_ms)
         }
         other => {
             let mut retry_after = None;
@@ -504,24 +498,18 @@ pub async fn proxy(
             extra.insert("attempts".into(), serde_json::json!(tried));
             extra.insert("group".into(), serde_json::json!(group));
             report(false, err.status(), cost_micro_usd);
-            crate::telemetry::emit(
-                ctx,
-                env,
-                cfg.aggregator_shards,
-                request_id,
-                record(
-                    err.status(),
-                    lookup_outcome,
-                    last.as_ref().map(|(p, o)| (p.as_str(), o)),
-                    attempts,
-                    cost_micro_usd,
-                ),
-            );
+            let latency_ms = emit(record(
+                err.status(),
+                lookup_outcome,
+                last.as_ref().map(|(p, o)| (p.as_str(), o)),
+                attempts,
+                cost_micro_usd,
+            ));
             let mut resp = problem_with_extra(&err, request_id, &gateway_path, Some(extra))?;
             if let Some(ra) = retry_after {
                 resp.headers_mut().set("Retry-After", &ra)?;
             }
-            finish(resp, "MISS", None, attempts)
+            finish(resp, "MISS", None, attempts, latency_ms)
         }
     }
 }

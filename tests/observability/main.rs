@@ -46,7 +46,18 @@ fn control(upstream: &str, provider: &str, body: Value) {
 }
 
 fn proxy(rt: &Runtime, caller: &str, path: &str) -> u16 {
-    rt.send("GET", path, &[("X-API-Key", caller)], None).status
+    timed(rt, caller, path).0
+}
+
+/// A proxied GET: its status and the latency the gateway recorded for it (`Server-Timing`).
+fn timed(rt: &Runtime, caller: &str, path: &str) -> (u16, u32) {
+    let r = rt.send("GET", path, &[("X-API-Key", caller)], None);
+    let dur = r
+        .header("server-timing")
+        .and_then(|v| v.strip_prefix("gateway;dur="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{path}: no Server-Timing ({:?})", r.header("server-timing")));
+    (r.status, dur)
 }
 
 fn volume(v: &Value) -> [u64; 6] {
@@ -111,28 +122,28 @@ fn counts_are_exact_quantiles_within_one_percent_across_alarm_retries_and_a_rest
     group(&rt, &u, "shop", &["okp"]);
     group(&rt, &u, "broken", &["badp"]);
     control(&u, "badp", json!({"failure_rate": 1.0, "status": 500}));
+    let mut proxied: Vec<u32> = Vec::new();
+    let mut call = |caller: &str, path: &str| {
+        let (status, ms) = timed(&rt, caller, path);
+        proxied.push(ms);
+        status
+    };
     for i in 0..30 {
-        assert_eq!(
-            proxy(&rt, "alice", &format!("/v1/proxy/shop/item/{i}")),
-            200
-        );
+        assert_eq!(call("alice", &format!("/v1/proxy/shop/item/{i}")), 200);
     }
     std::thread::sleep(Duration::from_millis(400)); // cache fills land (wait_until)
     for i in 0..30 {
-        assert_eq!(
-            proxy(&rt, "alice", &format!("/v1/proxy/shop/item/{i}")),
-            200
-        );
+        assert_eq!(call("alice", &format!("/v1/proxy/shop/item/{i}")), 200);
     }
     for _ in 0..5 {
-        assert_eq!(proxy(&rt, "bob", "/v1/proxy/broken/x"), 502);
+        assert_eq!(call("bob", "/v1/proxy/broken/x"), 502);
     }
-    assert_eq!(proxy(&rt, "flood", "/v1/proxy/shop/hot"), 200);
+    assert_eq!(call("flood", "/v1/proxy/shop/hot"), 200);
     std::thread::sleep(Duration::from_millis(400));
     let mut flood: HashMap<u16, u64> = HashMap::new();
     for _ in 0..109 {
         *flood
-            .entry(proxy(&rt, "flood", "/v1/proxy/shop/hot"))
+            .entry(call("flood", "/v1/proxy/shop/hot"))
             .or_default() += 1;
     }
     assert_eq!(
@@ -140,6 +151,7 @@ fn counts_are_exact_quantiles_within_one_percent_across_alarm_retries_and_a_rest
         (Some(&99), Some(&10)),
         "{flood:?}"
     );
+    assert_eq!(proxied.len(), 175);
     let total = 1000 + 175;
     let want = [total, hits + 30 + 99, 0, 36, 10, errors + 5];
     // Records are flushed to the shards 100 ms after a request; wait for them, then demand
@@ -157,6 +169,18 @@ fn counts_are_exact_quantiles_within_one_percent_across_alarm_retries_and_a_rest
         "{}",
         m["hitRates"]
     );
+    // Quantiles over everything recorded (the 1000 records and the 175 proxied requests, whose
+    // recorded latencies the responses report in Server-Timing) stay within 1 %.
+    let mut all: Vec<u32> = latencies.iter().chain(proxied.iter()).copied().collect();
+    all.sort_unstable();
+    for (k, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99)] {
+        let want = exact_quantile(&all, q);
+        let got = m["latency"][k].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= want * 0.01 + 1e-6,
+            "{k}: {got} vs exact {want}"
+        );
+    }
     assert!(
         close(&m["hitRates"]["upstream"], pct(36)),
         "{}",
