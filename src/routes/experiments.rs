@@ -43,13 +43,6 @@ fn params(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
-/// RFC 3339 (UTC, milliseconds) for a timestamp.
-pub fn rfc3339(at: UnixMillis) -> Value {
-    chrono::DateTime::from_timestamp_millis(at.0).map_or(Value::Null, |d| {
-        Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    })
-}
-
 fn verdict_json(v: &Verdict) -> Value {
     match v {
         Verdict::Continue(r) => j!({ "kind": "continue", "arm": null, "reason": r }),
@@ -146,17 +139,16 @@ pub fn state_json(s: &State) -> Value {
             "arms": arms,
         })
     });
-    let decisions: Vec<Value> = s
-        .decisions
-        .iter()
-        .map(|d| j!({ "kind": d.kind, "arm": d.arm, "at": rfc3339(d.at), "reason": d.reason }))
-        .collect();
+    let decision_json = |d: &gateway_core::protocol::experiment::Decision| {
+        j!({ "kind": d.kind, "arm": d.arm, "at": d.at.to_rfc3339(), "reason": d.reason })
+    };
+    let decisions: Vec<Value> = s.decisions.iter().map(decision_json).collect();
     let decision = s
         .decisions
         .iter()
         .rev()
         .find(|d| matches!(d.kind.as_str(), "promote" | "rollback" | "halt"))
-        .map(|d| j!({ "kind": d.kind, "arm": d.arm, "at": rfc3339(d.at), "reason": d.reason }));
+        .map(decision_json);
     j!({
         "name": s.name,
         "status": s.status.as_str(),
