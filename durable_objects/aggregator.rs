@@ -22,7 +22,7 @@ use gateway_core::observe::report::daily_report;
 use gateway_core::observe::series::{floor, Bucket, Lifetime, Series, Shard, HOUR_MS};
 use gateway_core::observe::Agg;
 use gateway_core::protocol::aggregator::{
-    AlertsView, IssueWire, Request, Response as Reply, RunReport, Stats, Summary, Windows, ROOT,
+    AlertsView, Request, Response as Reply, RunReport, Stats, Summary, Windows, ROOT,
 };
 use gateway_core::{GatewayError, UnixMillis};
 use serde::de::DeserializeOwned;
@@ -465,39 +465,8 @@ impl AggregatorDO {
             Request::Summary { period } => {
                 Self::set_role(&db, "root")?;
                 self.with_root(&db, |r| {
-                    let start = r.series.start(period, now);
-                    let source = if period == gateway_core::observe::series::Period::Week {
-                        &r.series.hours
-                    } else {
-                        &r.series.fine
-                    };
-                    let earliest = source
-                        .range(start..)
-                        .find(|(_, a)| a.requests > 0)
-                        .map(|(t, _)| *t);
-                    let issues = r
-                        .engine
-                        .firing(&self.cfg()?.alert_rules)
-                        .into_iter()
-                        .map(|(rule, st)| IssueWire {
-                            severity: rule.severity,
-                            message: format!(
-                                "alert {}: {} {} {} (now {:.2})",
-                                rule.name,
-                                rule.metric.name(),
-                                match rule.op {
-                                    gateway_core::observe::alerts::Op::Above => ">",
-                                    gateway_core::observe::alerts::Op::Below => "<",
-                                },
-                                rule.threshold,
-                                st.value.unwrap_or(0.0)
-                            ),
-                            since: match st.phase {
-                                gateway_core::observe::alerts::Phase::Firing { since, .. } => since,
-                                _ => now,
-                            },
-                        })
-                        .collect();
+                    let earliest = r.series.earliest(period, now);
+                    let issues = r.engine.issues(&self.cfg()?.alert_rules);
                     Ok((
                         Reply::Summary(Box::new(Summary {
                             now,

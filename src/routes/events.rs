@@ -13,7 +13,7 @@ use gateway_core::observe::alerts::{Phase, Severity};
 use gateway_core::observe::export::{
     metrics_json, prometheus, series_json, Issue, ProviderHealthView, Snapshot,
 };
-use gateway_core::observe::series::{floor, Period};
+use gateway_core::observe::series::{add_to_points, floor, Period};
 use gateway_core::observe::{Agg, CacheOutcome, Record};
 use gateway_core::protocol::aggregator::{
     Request as ARequest, Response as AResponse, Windows, ROOT,
@@ -220,37 +220,10 @@ pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Respons
     };
     let windows = live(env, cfg, &summary.cursors).await?;
     let t = now().max(summary.now);
-    let fine = cfg.rollup_bucket_ms as i64;
-    let start = if period == Period::Week {
-        floor(t.plus_ms(-period.span_ms()), 3_600_000).plus_ms(3_600_000)
-    } else {
-        floor(t.plus_ms(-period.span_ms()), fine).plus_ms(fine)
-    };
-    let mut agg = summary.agg.clone();
-    let mut lifetime = summary.lifetime.clone();
-    let mut earliest = summary.earliest;
-    for (at, w) in &windows {
-        lifetime.add(w);
-        if *at >= start {
-            agg.merge(w);
-            if w.requests > 0 {
-                earliest = Some(earliest.map_or(*at, |e| e.min(*at)));
-            }
-        }
-    }
-    let providers = provider_health(env, cfg, &agg).await;
-    let covered_ms = earliest
-        .map_or(fine, |e| t.since(e).max(fine))
-        .min(period.span_ms());
-    let mut issues: Vec<Issue> = summary
-        .issues
-        .iter()
-        .map(|i| Issue {
-            severity: i.severity,
-            message: i.message.clone(),
-            since: i.since,
-        })
-        .collect();
+    let mut summary = *summary;
+    let covered_ms = summary.add_live(period, t, cfg.rollup_bucket_ms as i64, &windows);
+    let providers = provider_health(env, cfg, &summary.agg).await;
+    let mut issues = std::mem::take(&mut summary.issues);
     for p in providers.iter().filter(|p| p.status == "ejected") {
         issues.push(Issue {
             severity: Severity::Warning,
@@ -261,9 +234,9 @@ pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Respons
     let snapshot = Snapshot {
         now: t,
         period,
-        agg: &agg,
+        agg: &summary.agg,
         covered_ms,
-        lifetime: &lifetime,
+        lifetime: &summary.lifetime,
         providers: &providers,
         issues: &issues,
         prices: &cfg.platform_prices,
@@ -287,18 +260,9 @@ pub async fn series(req: Request, env: &Env, cfg: &Config) -> AppResult<Response
     else {
         return Err(unexpected("aggregator root"));
     };
-    let t = now();
-    let since = floor(t.plus_ms(-period.span_ms()), step_ms).plus_ms(step_ms);
-    for (at, w) in live(env, cfg, &cursors).await? {
-        if at < since {
-            continue;
-        }
-        let b = floor(at, step_ms);
-        match points.binary_search_by_key(&b, |(p, _)| *p) {
-            Ok(i) => points[i].1.merge(&w),
-            Err(i) => points.insert(i, (b, w)),
-        }
-    }
+    let since = floor(now().plus_ms(-period.span_ms()), step_ms).plus_ms(step_ms);
+    let live = live(env, cfg, &cursors).await?;
+    add_to_points(&mut points, step_ms, since, &live);
     json(&series_json(period, step_ms, &points), 200)
 }
 

@@ -139,9 +139,7 @@ pub fn state_json(s: &State) -> Value {
             "arms": arms,
         })
     });
-    let decision_json = |d: &gateway_core::protocol::experiment::Decision| {
-        j!({ "kind": d.kind, "arm": d.arm, "at": d.at.to_rfc3339(), "reason": d.reason })
-    };
+    let decision_json = |d: &gateway_core::protocol::experiment::Decision| j!({ "kind": d.kind, "arm": d.arm, "at": d.at.to_rfc3339(), "reason": d.reason });
     let decisions: Vec<Value> = s.decisions.iter().map(decision_json).collect();
     let decision = s
         .decisions

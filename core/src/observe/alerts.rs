@@ -431,12 +431,31 @@ impl Engine {
         out
     }
 
-    /// Rules firing now, with their severity (for the health summary).
-    pub fn firing<'a>(&'a self, rules: &'a [Rule]) -> Vec<(&'a Rule, &'a AlertState)> {
+    /// The firing alerts as health issues, e.g. `alert errors: error_rate > 5 (now 7.50)`.
+    pub fn issues(&self, rules: &[Rule]) -> Vec<super::export::Issue> {
         self.states
             .iter()
-            .filter(|s| matches!(s.phase, Phase::Firing { .. }))
-            .filter_map(|s| rules.iter().find(|r| r.name == s.rule).map(|r| (r, s)))
+            .filter_map(|s| {
+                let Phase::Firing { since, .. } = s.phase else {
+                    return None;
+                };
+                let r = rules.iter().find(|r| r.name == s.rule)?;
+                let op = match r.op {
+                    Op::Above => ">",
+                    Op::Below => "<",
+                };
+                Some(super::export::Issue {
+                    severity: r.severity,
+                    message: format!(
+                        "alert {}: {} {op} {} (now {:.2})",
+                        r.name,
+                        r.metric.name(),
+                        r.threshold,
+                        s.value.unwrap_or(0.0)
+                    ),
+                    since,
+                })
+            })
             .collect()
     }
 }
@@ -554,6 +573,13 @@ mod tests {
         let fired = run(&mut e, 10_000, 12.0);
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].status, Status::Firing);
+        let issues = e.issues(&[rule()]);
+        assert_eq!(issues.len(), 1);
+        assert_eq!(
+            issues[0].message,
+            "alert errors: error_rate > 5 (now 12.00)"
+        );
+        assert_eq!(issues[0].since, UnixMillis(10_000));
         for t in (11_000..60_000).step_by(1_000) {
             assert!(run(&mut e, t, 12.0).is_empty(), "dedup at {t}");
         }

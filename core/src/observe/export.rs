@@ -105,8 +105,8 @@ pub struct ProviderHealthView {
     pub status: String,
 }
 
-/// An active (firing) alert, for the health section.
-#[derive(Debug, Clone, PartialEq)]
+/// An active issue (a firing alert or an ejected provider), for the health section.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct Issue {
     /// Severity.
     pub severity: Severity,

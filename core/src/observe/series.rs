@@ -140,6 +140,33 @@ pub struct Applied {
     pub advanced: bool,
 }
 
+/// The first bucket start a period ending `now` includes (fine buckets of `fine_ms` for 1 h and
+/// 24 h, hour buckets for 7 d).
+pub fn period_start(period: Period, now: UnixMillis, fine_ms: i64) -> UnixMillis {
+    let step = if period == Period::Week {
+        HOUR_MS
+    } else {
+        fine_ms
+    };
+    floor(now.plus_ms(-period.span_ms()), step).plus_ms(step)
+}
+
+/// Adds `live` windows at or after `since` to chart `points` (sorted, `step_ms` apart).
+pub fn add_to_points(
+    points: &mut Vec<(UnixMillis, Agg)>,
+    step_ms: i64,
+    since: UnixMillis,
+    live: &[(UnixMillis, Agg)],
+) {
+    for (at, w) in live.iter().filter(|(t, _)| *t >= since) {
+        let b = floor(*at, step_ms);
+        match points.binary_search_by_key(&b, |(p, _)| *p) {
+            Ok(i) => points[i].1.merge(w),
+            Err(i) => points.insert(i, (b, w.clone())),
+        }
+    }
+}
+
 /// Floors `t` to a multiple of `step`.
 pub fn floor(t: UnixMillis, step: i64) -> UnixMillis {
     UnixMillis(t.0.div_euclid(step.max(1)) * step.max(1))
@@ -213,25 +240,36 @@ impl Series {
 
     /// The first bucket start a period ending `now` includes.
     pub fn start(&self, period: Period, now: UnixMillis) -> UnixMillis {
-        match period {
-            Period::Week => floor(now.plus_ms(-period.span_ms()), HOUR_MS).plus_ms(HOUR_MS),
-            _ => floor(now.plus_ms(-period.span_ms()), self.fine_ms).plus_ms(self.fine_ms),
+        period_start(period, now, self.fine_ms)
+    }
+
+    fn buckets(&self, period: Period) -> &BTreeMap<UnixMillis, Agg> {
+        if period == Period::Week {
+            &self.hours
+        } else {
+            &self.fine
         }
     }
 
     /// The merged buckets of a period (fine buckets for 1 h and 24 h, hours for 7 d).
     pub fn total(&self, period: Period, now: UnixMillis) -> Agg {
-        let since = self.start(period, now);
-        let source = if period == Period::Week {
-            &self.hours
-        } else {
-            &self.fine
-        };
         let mut out = Agg::default();
-        for a in source.range(since..).map(|(_, a)| a) {
+        for a in self
+            .buckets(period)
+            .range(self.start(period, now)..)
+            .map(|(_, a)| a)
+        {
             out.merge(a);
         }
         out
+    }
+
+    /// Start of the period's earliest bucket with traffic.
+    pub fn earliest(&self, period: Period, now: UnixMillis) -> Option<UnixMillis> {
+        self.buckets(period)
+            .range(self.start(period, now)..)
+            .find(|(_, a)| a.requests > 0)
+            .map(|(t, _)| *t)
     }
 
     /// The merged fine buckets of the last `window_ms` (for alert rules).
@@ -268,15 +306,12 @@ impl Series {
             Period::Week => (HOUR_MS, &self.hours),
         };
         let mut out: BTreeMap<UnixMillis, Agg> = BTreeMap::new();
-        let rows = source.range(since..).map(|(t, a)| (*t, a)).chain(
-            live.iter()
-                .filter(|(t, _)| *t >= since)
-                .map(|(t, a)| (*t, a)),
-        );
-        for (t, a) in rows {
-            out.entry(floor(t, step)).or_default().merge(a);
+        for (t, a) in source.range(since..) {
+            out.entry(floor(*t, step)).or_default().merge(a);
         }
-        (step, out.into_iter().collect())
+        let mut points: Vec<(UnixMillis, Agg)> = out.into_iter().collect();
+        add_to_points(&mut points, step, since, live);
+        (step, points)
     }
 }
 

@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::ObjectStats;
-use crate::observe::alerts::{AlertState, Notification, Rule, Severity};
-use crate::observe::series::{Lifetime, Period};
+use crate::observe::alerts::{AlertState, Notification, Rule};
+use crate::observe::export::Issue;
+use crate::observe::series::{period_start, Lifetime, Period};
 use crate::observe::{Agg, Record};
 use crate::UnixMillis;
 
@@ -102,17 +103,6 @@ pub struct RunReport {
     pub failed: u32,
 }
 
-/// An active issue (a firing alert or an ejected provider).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IssueWire {
-    /// Severity.
-    pub severity: Severity,
-    /// What is wrong.
-    pub message: String,
-    /// Since when.
-    pub since: UnixMillis,
-}
-
 /// The root's part of a `/metrics` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -127,7 +117,34 @@ pub struct Summary {
     /// Start of the earliest bucket in the period with traffic.
     pub earliest: Option<UnixMillis>,
     /// Firing alerts.
-    pub issues: Vec<IssueWire>,
+    pub issues: Vec<Issue>,
+}
+
+impl Summary {
+    /// Completes the root's part with the shards' windows it has not merged (`live`, each at or
+    /// after its shard's cursor), so the answer is exact and current. Returns the milliseconds of
+    /// the period that had traffic (for cost extrapolation, at least one fine bucket).
+    pub fn add_live(
+        &mut self,
+        period: Period,
+        now: UnixMillis,
+        fine_ms: i64,
+        live: &[(UnixMillis, Agg)],
+    ) -> i64 {
+        let start = period_start(period, now, fine_ms);
+        for (at, w) in live {
+            self.lifetime.add(w);
+            if *at >= start {
+                self.agg.merge(w);
+                if w.requests > 0 {
+                    self.earliest = Some(self.earliest.map_or(*at, |e| e.min(*at)));
+                }
+            }
+        }
+        self.earliest
+            .map_or(fine_ms, |e| now.since(e).max(fine_ms))
+            .min(period.span_ms())
+    }
 }
 
 /// Alerts view.
