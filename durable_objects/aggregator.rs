@@ -588,23 +588,13 @@ impl DurableObject for AggregatorDO {
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
         let bytes = req.bytes().await?;
         let now = now();
-        // `Run` awaits other objects and webhooks: it takes the asynchronous path.
-        if let Ok(Request::Run) = super::decode_request::<Request>(&bytes) {
-            let result = self.run_root(now).await.map(Reply::Ran);
-            if result.is_ok() {
-                self.base
-                    .ensure_alarm(gateway_core::alarm::next_alarm(now, self.interval(), None))
-                    .await?;
-            }
-            return super::respond(result);
-        }
-        let result = super::decode_request(&bytes).and_then(|msg| self.handle(msg, now));
-        if let Ok((_, true)) = &result {
-            self.base
-                .ensure_alarm(gateway_core::alarm::next_alarm(now, self.interval(), None))
-                .await?;
-        }
-        super::respond(result.map(|(r, _)| r))
+        let result = match super::decode_request::<Request>(&bytes) {
+            // `Run` awaits other objects and webhooks: it takes the asynchronous path.
+            Ok(Request::Run) => self.run_root(now).await.map(|r| (Reply::Ran(r), true)),
+            Ok(msg) => self.handle(msg, now),
+            Err(e) => Err(e),
+        };
+        self.base.answer(now, self.interval(), result).await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {

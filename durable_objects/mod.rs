@@ -312,6 +312,17 @@ impl Base {
         let bytes = req.bytes().await?;
         let now = now();
         let result = decode_request(&bytes).and_then(|msg| handle(msg, now));
+        self.answer(now, interval_ms, result).await
+    }
+
+    /// Ends a request: arms the periodic alarm when state changed and none is set, and encodes
+    /// the reply (for adapters with an asynchronous message, which cannot use [`Base::serve`]).
+    pub async fn answer<R: Serialize>(
+        &self,
+        now: UnixMillis,
+        interval_ms: u64,
+        result: Result<(R, bool), GatewayError>,
+    ) -> worker::Result<Response> {
         if let Ok((_, true)) = &result {
             self.ensure_alarm(gateway_core::alarm::next_alarm(now, interval_ms, None))
                 .await?;

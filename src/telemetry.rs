@@ -54,26 +54,41 @@ async fn send(env: &Env, shards: u32, request_id: &str, records: Vec<Record>) {
     }
 }
 
-/// Queues a record; schedules the batch's flush when it is the first one.
+/// The batching both record and experiment-outcome queues use: a full batch is flushed now; the
+/// first item of a batch schedules its flush `delay_ms` later (the flag remembers that one is
+/// scheduled, and the scheduled `wait_until` keeps the isolate alive until it has delivered).
+pub fn schedule_flush<F>(
+    ctx: &Context,
+    scheduled: &'static std::thread::LocalKey<Cell<bool>>,
+    full: bool,
+    delay_ms: u64,
+    flush: impl FnOnce() -> F + 'static,
+) where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    if full {
+        ctx.wait_until(flush());
+        return;
+    }
+    if scheduled.with(|s| s.replace(true)) {
+        return;
+    }
+    ctx.wait_until(async move {
+        Delay::from(Duration::from_millis(delay_ms)).await;
+        scheduled.with(|s| s.set(false));
+        flush().await;
+    });
+}
+
+/// Queues a record; a batch goes to one shard when full or [`FLUSH_DELAY_MS`] after it began.
 pub fn emit(ctx: &Context, env: &Env, shards: u32, request_id: &str, record: Record) {
     let full = BATCH.with(|b| {
         let mut b = b.borrow_mut();
         b.push(record);
         b.len() >= MAX_BATCH
     });
-    if full {
-        let records = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        let (env, id) = (env.clone(), request_id.to_string());
-        ctx.wait_until(async move { send(&env, shards, &id, records).await });
-        return;
-    }
-    if SCHEDULED.with(|s| s.replace(true)) {
-        return;
-    }
     let (env, id) = (env.clone(), request_id.to_string());
-    ctx.wait_until(async move {
-        Delay::from(Duration::from_millis(FLUSH_DELAY_MS)).await;
-        SCHEDULED.with(|s| s.set(false));
+    schedule_flush(ctx, &SCHEDULED, full, FLUSH_DELAY_MS, move || async move {
         let records = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
         send(&env, shards, &id, records).await;
     });

@@ -437,20 +437,16 @@ pub fn record(
         list.push((unit.to_string(), values));
         list.len() >= OUTCOME_BATCH_MAX
     });
-    if full {
-        let env = env.clone();
-        ctx.wait_until(async move { flush_outcomes(&env).await });
-        return;
-    }
-    if FLUSH_SCHEDULED.with(|s| s.replace(true)) {
-        return;
-    }
     let env = env.clone();
-    ctx.wait_until(async move {
-        worker::Delay::from(std::time::Duration::from_millis(OUTCOME_FLUSH_MS)).await;
-        FLUSH_SCHEDULED.with(|s| s.set(false));
-        flush_outcomes(&env).await;
-    });
+    crate::telemetry::schedule_flush(
+        ctx,
+        &FLUSH_SCHEDULED,
+        full,
+        OUTCOME_FLUSH_MS,
+        move || async move {
+            flush_outcomes(&env).await;
+        },
+    );
 }
 
 #[derive(Deserialize)]

@@ -162,19 +162,6 @@ fn usage(body: &[u8]) -> (u32, u32) {
     }
 }
 
-/// The top-keys key of a proxied request: `{group}/{path}`, at most 256 bytes.
-fn record_key(group: &str, path: &str) -> String {
-    let mut k = format!("{group}/{path}");
-    if k.len() > gateway_core::observe::MAX_KEY_BYTES {
-        let mut end = gateway_core::observe::MAX_KEY_BYTES;
-        while !k.is_char_boundary(end) {
-            end -= 1;
-        }
-        k.truncate(end);
-    }
-    k
-}
-
 fn elapsed_ms(start: UnixMillis) -> u32 {
     u32::try_from(now().since(start).max(0)).unwrap_or(u32::MAX)
 }
@@ -255,9 +242,9 @@ pub async fn proxy(
         status,
         latency_ms: elapsed_ms(started),
         cache,
-        rate_limited: status == 429 && calls == 0 && cache == CacheOutcome::None,
+        rate_limited: false,
         upstream_calls: u8::try_from(calls).unwrap_or(u8::MAX),
-        key: record_key(group, path),
+        key: Record::key_for(group, path),
         provider: upstream.map(|(p, _)| format!("{group}/{p}")),
         provider_latency_ms: upstream.map_or(0, |(_, o)| o.latency_ms),
         provider_error: upstream.is_some_and(|(_, o)| !o.ok),
@@ -271,7 +258,10 @@ pub async fn proxy(
         latency_ms
     };
     if !decision.allowed {
-        let latency_ms = emit(record(429, CacheOutcome::None, None, 0, 0));
+        let latency_ms = emit(Record {
+            rate_limited: true,
+            ..record(429, CacheOutcome::None, None, 0, 0)
+        });
         let mut resp = super::ratelimit::decision_response(
             &policy_name,
             &caller,

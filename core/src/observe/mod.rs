@@ -70,6 +70,20 @@ pub struct Record {
 }
 
 impl Record {
+    /// The top-keys key of a proxied request: `{group}/{path}`, cut to [`MAX_KEY_BYTES`] at a
+    /// character boundary.
+    pub fn key_for(group: &str, path: &str) -> String {
+        let mut k = format!("{group}/{path}");
+        if k.len() > MAX_KEY_BYTES {
+            let mut end = MAX_KEY_BYTES;
+            while !k.is_char_boundary(end) {
+                end -= 1;
+            }
+            k.truncate(end);
+        }
+        k
+    }
+
     /// Validates a record received over the wire.
     pub fn validate(&self) -> Result<(), GatewayError> {
         let bad = |d: &str| Err(GatewayError::bad_request("invalid-event", d.to_string()));
@@ -492,6 +506,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn keys_are_cut_at_a_character_boundary() {
+        assert_eq!(Record::key_for("g", "a/b"), "g/a/b");
+        let long = Record::key_for("g", &"é".repeat(200));
+        assert!(long.len() <= MAX_KEY_BYTES && long.len() >= MAX_KEY_BYTES - 1);
+        assert!(rec(0, 200, 1, CacheOutcome::Hit, &long).validate().is_ok());
     }
 
     #[test]
