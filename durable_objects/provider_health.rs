@@ -177,6 +177,45 @@ impl ProviderHealthDO {
                     })?;
                 Ok((Reply::Picked(pick), true))
             }
+            Request::PickRanked { group, prefer, max } => {
+                self.load(&db, Some(&group))?;
+                let mut guard = self.balancer.borrow_mut();
+                let (_, b) = guard
+                    .as_mut()
+                    .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
+                let rand = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
+                let picks = b.pick_ranked(now, rand, &prefer, usize::from(max));
+                let budget_resets_in_ms = b.budgets_reset_in_ms(now);
+                Ok((
+                    Reply::Candidates {
+                        picks,
+                        budget_resets_in_ms,
+                    },
+                    true,
+                ))
+            }
+            Request::Settle {
+                group,
+                outcomes,
+                released,
+            } => {
+                self.load(&db, Some(&group))?;
+                let mut guard = self.balancer.borrow_mut();
+                let (_, b) = guard
+                    .as_mut()
+                    .ok_or_else(|| GatewayError::Internal("not loaded".into()))?;
+                for (provider, panic) in released {
+                    b.release(&provider, panic, now);
+                }
+                for (provider, outcome) in outcomes {
+                    if let Some(i) = b.report(&provider, outcome, now) {
+                        if let Some(h) = b.health(i) {
+                            Self::persist_health(&db, &provider, h)?;
+                        }
+                    }
+                }
+                Ok((Reply::Reported, true))
+            }
             Request::ReportMany { group, outcomes } => {
                 self.load(&db, Some(&group))?;
                 let mut guard = self.balancer.borrow_mut();

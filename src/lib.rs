@@ -16,6 +16,7 @@ pub mod http;
 pub mod routes;
 pub mod stub;
 pub mod telemetry;
+pub mod upstream;
 
 #[path = "../durable_objects/mod.rs"]
 pub mod durable_objects;

@@ -8,6 +8,8 @@
 //! request's id, so batches spread over every shard and no single object sees every request.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use gateway_core::observe::Record;
@@ -54,11 +56,45 @@ async fn send(env: &Env, shards: u32, request_id: &str, records: Vec<Record>) {
     }
 }
 
+/// A task run off the response path.
+pub type Task = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Where off-the-response-path work goes: the request's `ctx.wait_until`, or an [`Inline`]
+/// list awaited by a task that is already kept alive (a streamed answer's settlement, which
+/// runs after the handler returned and holds no `Context`).
+pub trait Defer {
+    /// Runs `task` after the response, keeping the isolate alive until it is done.
+    fn defer(&self, task: Task);
+}
+
+impl Defer for Context {
+    fn defer(&self, task: Task) {
+        self.wait_until(task);
+    }
+}
+
+/// Deferred work collected to be awaited in place (see [`Defer`]).
+#[derive(Default)]
+pub struct Inline(RefCell<Vec<Task>>);
+
+impl Defer for Inline {
+    fn defer(&self, task: Task) {
+        self.0.borrow_mut().push(task);
+    }
+}
+
+impl Inline {
+    /// Awaits everything deferred so far.
+    pub async fn run(self) {
+        futures::future::join_all(self.0.into_inner()).await;
+    }
+}
+
 /// The batching both record and experiment-outcome queues use: a full batch is flushed now; the
 /// first item of a batch schedules its flush `delay_ms` later (the flag remembers that one is
 /// scheduled, and the scheduled `wait_until` keeps the isolate alive until it has delivered).
 pub fn schedule_flush<F>(
-    ctx: &Context,
+    ctx: &dyn Defer,
     scheduled: &'static std::thread::LocalKey<Cell<bool>>,
     full: bool,
     delay_ms: u64,
@@ -67,21 +103,21 @@ pub fn schedule_flush<F>(
     F: std::future::Future<Output = ()> + 'static,
 {
     if full {
-        ctx.wait_until(flush());
+        ctx.defer(Box::pin(flush()));
         return;
     }
     if scheduled.with(|s| s.replace(true)) {
         return;
     }
-    ctx.wait_until(async move {
+    ctx.defer(Box::pin(async move {
         Delay::from(Duration::from_millis(delay_ms)).await;
         scheduled.with(|s| s.set(false));
         flush().await;
-    });
+    }));
 }
 
 /// Queues a record; a batch goes to one shard when full or [`FLUSH_DELAY_MS`] after it began.
-pub fn emit(ctx: &Context, env: &Env, shards: u32, request_id: &str, record: Record) {
+pub fn emit(ctx: &dyn Defer, env: &Env, shards: u32, request_id: &str, record: Record) {
     let full = BATCH.with(|b| {
         let mut b = b.borrow_mut();
         b.push(record);

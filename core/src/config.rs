@@ -220,6 +220,12 @@ pub struct Config {
     pub providers: BTreeMap<String, Vec<ProviderSpec>>,
     /// `EXPERIMENTS`: JSON `{"name": {"variants":[{"name":..,"weight":..,"params":{..}}]}}`.
     pub experiments: BTreeMap<String, ExperimentDef>,
+    /// `PROXY_CACHE_QUERY`: JSON `{"group": ["param", ..]}`: a group whose proxy cache key keeps
+    /// only these query parameters (absent: every parameter is part of the key).
+    pub proxy_cache_query: BTreeMap<String, Vec<String>>,
+    /// `PROXY_BUFFER_MAX_BYTES`: the largest upstream body the proxy buffers or caches (default
+    /// 1 MiB, at most `CACHE_MAX_BYTES`); larger, unknown-length and event-stream bodies stream.
+    pub proxy_buffer_max_bytes: usize,
 }
 
 fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
@@ -283,7 +289,25 @@ impl Config {
                 })?;
             experiments.insert(name, def);
         }
+        let proxy_cache_query: BTreeMap<String, Vec<String>> =
+            json(get, "PROXY_CACHE_QUERY", "{}")?;
+        for (group, params) in &proxy_cache_query {
+            validate::name("group", group).map_err(|e| {
+                GatewayError::Internal(format!("configuration: PROXY_CACHE_QUERY: {e}"))
+            })?;
+            if params.len() > 64 || params.iter().any(|p| p.is_empty() || p.len() > 256) {
+                return Err(GatewayError::Internal(format!(
+                    "configuration: PROXY_CACHE_QUERY: group {group} needs at most 64 parameter names of 1..=256 bytes"
+                )));
+            }
+        }
+        let cache_max_bytes: u64 = num(get, "CACHE_MAX_BYTES", 4 << 20, 1024, 64 << 20)?;
+        let proxy_buffer_max_bytes: usize =
+            num(get, "PROXY_BUFFER_MAX_BYTES", 1 << 20, 0, 64 << 20)?;
         Ok(Config {
+            proxy_cache_query,
+            proxy_buffer_max_bytes: proxy_buffer_max_bytes
+                .min(usize::try_from(cache_max_bytes).unwrap_or(usize::MAX)),
             environment: get("ENVIRONMENT").unwrap_or_else(|| "development".into()),
             max_body_bytes: num(get, "MAX_BODY_BYTES", 1 << 20, 1024, 100 << 20)?,
             rate_limit_shards: num(get, "RATE_LIMIT_SHARDS", 32, 1, 1_000)?,
@@ -292,7 +316,7 @@ impl Config {
             cache_shards: num(get, "CACHE_SHARDS", 16, 1, 65_536)?,
             aggregator_shards: num(get, "AGGREGATOR_SHARDS", 4, 1, 256)?,
             cache_max_entries: num(get, "CACHE_MAX_ENTRIES", 10_000, 1, 10_000_000)?,
-            cache_max_bytes: num(get, "CACHE_MAX_BYTES", 4 << 20, 1024, 64 << 20)?,
+            cache_max_bytes,
             cache_default_ttl_s: num(get, "CACHE_DEFAULT_TTL_S", 300, 1, 31_536_000)?,
             cache_negative_ttl_s: num(get, "CACHE_NEGATIVE_TTL_S", 30, 0, 86_400)?,
             cache_fill_lease_ms: num(get, "CACHE_FILL_LEASE_MS", 10_000, 100, 120_000)?,

@@ -29,6 +29,7 @@ pub mod migrate;
 pub mod observe;
 pub mod problem;
 pub mod protocol;
+pub mod proxy;
 pub mod rate_limit;
 pub mod route;
 pub mod shard;

@@ -425,7 +425,7 @@ async fn flush_outcomes(env: &Env) {
 /// batches, [`OUTCOME_FLUSH_MS`] after the first one (or at [`OUTCOME_BATCH_MAX`]), through
 /// `ctx.wait_until`: one object write per batch instead of one per request.
 pub fn record(
-    ctx: &worker::Context,
+    ctx: &dyn crate::telemetry::Defer,
     env: &Env,
     experiment: &str,
     unit: &str,

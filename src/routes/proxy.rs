@@ -1,169 +1,176 @@
-//! `ANY /v1/proxy/{group}/{path...}`: the gateway's main job.
+//! `ANY /v1/proxy/{group}/{path...}`: executes the plan of `gateway_core::proxy`.
 //!
-//! 1. Rate limit (the caller's policy), cache lookup and, when an experiment targets the path,
-//!    the caller's cohort run concurrently (`futures::join!`).
-//! 2. A fresh cached answer is served (`X-Cache: HIT`).
-//! 3. Otherwise a provider is picked and the request forwarded with the provider's credentials
-//!    and timeout. A retryable failure (5xx, 429, timeout, connection error) moves on to the next
-//!    provider (at most 3 attempts, only for idempotent or opted-in requests).
-//! 4. The attempts' outcomes go to the group's `ProviderHealthDO`, and a storable answer to the
-//!    cache, both off the response path (`ctx.wait_until`).
-//! 5. Upstream failures reach the client as 502 (errors) or 504 (timeouts) problems.
-//!
-//! A cohort's arm parameters apply to the request (`cache_ttl_s` to the fill, `provider` and
-//! `strategy` to the pick); the response carries `X-Experiment: {experiment}={arm}`; the outcome
-//! (cache hit, latency, error, cost) goes to the experiment off the response path.
+//! 1. Rate limit, cache lookup and cohort run concurrently; [`plan::start`] decides.
+//! 2. One `PickRanked` hop returns the ranked candidates; the [`Plan`] walks them (failover
+//!    needs no further hop). A delivered body is buffered (known, small length) or streamed
+//!    through a metering [`Relay`] chunk by chunk.
+//! 3. After the body ended (a stream: when it completes, fails or the client leaves) one task
+//!    off the response path settles: `Settle` to the group's object (outcomes, unused
+//!    candidates), the cache fill, the request's record and the cohort's outcome.
 
-use std::time::Duration;
-
-use futures::future::{select, Either};
-use gateway_core::balancer::{judge, may_retry, parse_retry_after, Attempt, Outcome, Pick};
-use gateway_core::cache::policy::{cache_key, storable};
+use gateway_core::balancer::Preference;
 use gateway_core::config::Config;
 use gateway_core::observe::{CacheOutcome, Record};
-use gateway_core::protocol::cache::{PutSpec, Request as CacheRequest, Response as CacheResponse};
+use gateway_core::protocol::cache::{Cached, Request as CacheRequest, Response as CacheResponse};
 use gateway_core::protocol::providers::{Request as PRequest, Response as PResponse};
+use gateway_core::proxy::{self as plan, Body, Delivery, End, Meter, Metered, Plan, Start, Step};
 use gateway_core::shard::shard_name;
-use gateway_core::{GatewayError, UnixMillis};
-use worker::{
-    AbortController, Context, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
-};
+use gateway_core::UnixMillis;
+use worker::{Context, Env, Headers, Request, Response};
 
-use super::experiments;
+use super::experiments::{self, Cohort};
 use super::now;
-use super::ratelimit::{check_caller, header_values};
+use super::ratelimit::{caller_key, check_caller, decision_response, header_values};
 use crate::error::{problem_with_extra, AppResult};
 use crate::http::read_body;
 use crate::stub::{binding, call, unexpected};
-
-/// Most providers tried for one request.
-const MAX_ATTEMPTS: usize = 3;
-/// Request headers forwarded upstream (never the client's own credentials).
-const FORWARD: &[&str] = &["content-type", "accept", "accept-language", "user-agent"];
-/// Response headers passed back to the client.
-const PASS_BACK: &[&str] = &[
-    "content-type",
-    "cache-control",
-    "retry-after",
-    "etag",
-    "last-modified",
-];
-
-struct Upstream {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-fn lower_headers(h: &Headers) -> Vec<(String, String)> {
-    h.entries()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect()
-}
-
-/// The parts of the client's request that go upstream.
-struct Outgoing<'a> {
-    method: &'a Method,
-    path: &'a str,
-    query: &'a str,
-    headers: &'a [(String, String)],
-    body: &'a [u8],
-    request_id: &'a str,
-}
-
-async fn forward(
-    pick: &Pick,
-    timeout_ms: u64,
-    secret: Option<String>,
-    o: &Outgoing<'_>,
-) -> (Attempt, Option<Upstream>) {
-    let (method, path, query, headers, body, request_id) =
-        (o.method, o.path, o.query, o.headers, o.body, o.request_id);
-    let url = format!("{}/{}{}", pick.url.trim_end_matches('/'), path, query);
-    let out = Headers::new();
-    for (k, v) in headers {
-        if FORWARD.contains(&k.as_str()) {
-            let _ = out.set(k, v);
-        }
-    }
-    let _ = out.set("X-Request-Id", request_id);
-    if let Some(key) = secret {
-        let _ = out.set("Authorization", &format!("Bearer {key}"));
-    }
-    let mut init = RequestInit::new();
-    init.with_method(method.clone()).with_headers(out);
-    if !body.is_empty() && !matches!(method, Method::Get | Method::Head) {
-        init.with_body(Some(js_sys::Uint8Array::from(body).into()));
-    }
-    let Ok(req) = Request::new_with_init(&url, &init) else {
-        return (Attempt::ConnectionError, None);
-    };
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let attempt = async {
-        let mut resp = Fetch::Request(req).send_with_signal(&signal).await?;
-        let body = resp.bytes().await?;
-        Ok::<_, worker::Error>((resp.status_code(), lower_headers(resp.headers()), body))
-    };
-    let result = match select(
-        Box::pin(attempt),
-        Delay::from(Duration::from_millis(timeout_ms)),
-    )
-    .await
-    {
-        Either::Left((r, _)) => Some(r),
-        Either::Right(_) => None,
-    };
-    match result {
-        Some(Ok((status, headers, body))) => {
-            let retry_after_ms = headers
-                .iter()
-                .find(|(k, _)| k == "retry-after")
-                .and_then(|(_, v)| parse_retry_after(v));
-            (
-                Attempt::Response {
-                    status,
-                    retry_after_ms,
-                },
-                Some(Upstream {
-                    status,
-                    headers,
-                    body,
-                }),
-            )
-        }
-        Some(Err(_)) => (Attempt::ConnectionError, None),
-        None => {
-            controller.abort();
-            (Attempt::Timeout, None)
-        }
-    }
-}
-
-/// OpenAI-style `usage` of a JSON answer: (prompt tokens, completion tokens); zeros otherwise.
-fn usage(body: &[u8]) -> (u32, u32) {
-    if body.len() > 4 << 20 || body.first() != Some(&b'{') {
-        return (0, 0);
-    }
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        #[serde(default)]
-        prompt_tokens: u32,
-        #[serde(default)]
-        completion_tokens: u32,
-    }
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        usage: Option<Usage>,
-    }
-    match serde_json::from_slice::<Answer>(body) {
-        Ok(Answer { usage: Some(u) }) => (u.prompt_tokens, u.completion_tokens),
-        _ => (0, 0),
-    }
-}
+use crate::telemetry::{Defer, Inline};
+use crate::upstream::{lower_headers, read_all, send, Outgoing, Relay};
 
 fn elapsed_ms(start: UnixMillis) -> u32 {
     u32::try_from(now().since(start).max(0)).unwrap_or(u32::MAX)
+}
+
+/// What the request's bookkeeping needs once its answer is out (owned: it may run after the
+/// handler returned).
+struct Books {
+    env: Env,
+    group: String,
+    path: String,
+    request_id: String,
+    caller: String,
+    started: UnixMillis,
+    shards: u32,
+    cohort: Option<Cohort>,
+    cache: Option<(String, String)>,
+}
+
+impl Books {
+    fn record(&self, status: u16, cache: CacheOutcome, latency_ms: u32) -> Record {
+        Record {
+            at: self.started,
+            status,
+            latency_ms,
+            cache,
+            rate_limited: false,
+            upstream_calls: 0,
+            key: Record::key_for(&self.group, &self.path),
+            provider: None,
+            provider_latency_ms: 0,
+            provider_error: false,
+            cost_micro_usd: 0,
+        }
+    }
+
+    /// The request's record and its cohort's outcome.
+    fn observe(&self, d: &dyn Defer, r: Record) {
+        if let Some(c) = self.cohort.as_ref().filter(|c| c.counted) {
+            let values = vec![
+                (
+                    "cache_hit".to_string(),
+                    f64::from(u8::from(r.cache == CacheOutcome::Hit)),
+                ),
+                ("latency_ms".to_string(), f64::from(r.latency_ms)),
+                ("error".to_string(), f64::from(u8::from(r.status >= 500))),
+                ("cost_usd".to_string(), r.cost_micro_usd as f64 / 1e6),
+            ];
+            experiments::record(d, &self.env, &c.experiment, &self.caller, values);
+        }
+        crate::telemetry::emit(d, &self.env, self.shards, &self.request_id, r);
+    }
+
+    /// Settles a forwarded request once its body ended: one `Settle`, the fill, the record.
+    async fn settle(
+        self,
+        p: Plan,
+        body: Option<Metered>,
+        status: u16,
+        cache: CacheOutcome,
+        latency_ms: u32,
+    ) {
+        let s = p.settle(body);
+        let object = super::providers::object_name(&self.group);
+        let msg = PRequest::Settle {
+            group: self.group.clone(),
+            outcomes: s.outcomes,
+            released: s.released,
+        };
+        let settle = call::<_, PResponse>(&self.env, binding::PROVIDER_HEALTH, &object, &msg);
+        let fill = async {
+            if let (Some(f), Some((key, o))) = (s.fill, &self.cache) {
+                let msg = CacheRequest::Put {
+                    key: key.clone(),
+                    value: f.value,
+                    content_type: f.content_type,
+                    spec: f.spec,
+                };
+                let _ = call::<_, CacheResponse>(&self.env, binding::CACHE_SHARD, o, &msg).await;
+            }
+        };
+        let _ = futures::join!(settle, fill);
+        let inline = Inline::default();
+        self.observe(
+            &inline,
+            Record {
+                upstream_calls: u8::try_from(s.attempts).unwrap_or(u8::MAX),
+                provider: s.last.as_ref().map(|(p, _)| format!("{}/{p}", self.group)),
+                provider_latency_ms: s.last.as_ref().map_or(0, |(_, o)| o.latency_ms),
+                provider_error: s.last.as_ref().is_some_and(|(_, o)| !o.ok),
+                cost_micro_usd: s.cost_micro_usd,
+                ..self.record(status, cache, latency_ms)
+            },
+        );
+        inline.run().await;
+    }
+}
+
+/// A cached answer as a response, and its status.
+fn cached_response(c: Cached) -> AppResult<(Response, u16)> {
+    let status = plan::cached_status(&c);
+    let age = (c.age_ms / 1000).to_string();
+    let mut resp =
+        super::cache::value_response(c.value, c.content_type.as_deref())?.with_status(status);
+    resp.headers_mut().set("Age", &age)?;
+    Ok((resp, status))
+}
+
+/// The answer the walk over the candidates ended with.
+enum Walked {
+    Buffered(Delivery, Vec<u8>),
+    Streamed(Delivery, worker::Response),
+    Other(Step),
+}
+
+/// Walks the ranked candidates with the plan: forward, judge the head, fail over.
+async fn walk(env: &Env, p: &mut Plan, out: &Outgoing) -> Walked {
+    let mut step = p.first_step();
+    loop {
+        let Step::Forward(i) = step else {
+            return Walked::Other(step);
+        };
+        let Some(pick) = p.candidate(i).cloned() else {
+            return Walked::Other(p.on_body_failed(false));
+        };
+        let secret = pick
+            .secret
+            .as_deref()
+            .and_then(|n| crate::config::var(env, n));
+        let t0 = now();
+        let (head, resp) = send(&pick, secret, out).await;
+        step = p.on_head(head, elapsed_ms(t0));
+        match (step, resp) {
+            (Step::Deliver(d), Some(mut resp)) if d.body == Body::Buffer => {
+                let left = pick.timeout_ms.saturating_sub(u64::from(elapsed_ms(t0)));
+                match read_all(&mut resp, left).await {
+                    Ok(bytes) => return Walked::Buffered(d, bytes),
+                    Err(timed_out) => step = p.on_body_failed(timed_out),
+                }
+            }
+            (Step::Deliver(d), Some(resp)) => return Walked::Streamed(d, resp),
+            (Step::Deliver(_), None) => step = p.on_body_failed(false),
+            (other, _) => step = other,
+        }
+    }
 }
 
 /// Handles one proxied request.
@@ -176,111 +183,67 @@ pub async fn proxy(
     group: &str,
     path: &str,
 ) -> AppResult<Response> {
-    let method = req.method();
+    let started = now();
     let url = req.inner().url();
     let query = url
         .find('?')
         .map(|i| url[i..].to_string())
         .unwrap_or_default();
-    let query_pairs = crate::http::query(&req)?;
+    let pairs = crate::http::query(&req)?;
     let headers = lower_headers(req.headers());
     let body = read_body(&mut req, cfg.max_body_bytes).await?;
     let opted_in = headers
         .iter()
         .any(|(k, v)| k == "x-gateway-retry" && v.eq_ignore_ascii_case("true"));
-    let gateway_path = req.path();
-    let started = now();
+    let (method, gateway_path, caller) = (req.method(), req.path(), caller_key(&req));
 
     // 1. Rate limit, cache lookup and the caller's experiment cohort, concurrently.
-    let caller = super::ratelimit::caller_key(&req);
     let experiment = experiments::target_for(env, cfg, group, &format!("/{path}")).await;
-    let key = cache_key(
-        &caller,
-        method.as_ref(),
-        &format!("/{path}"),
-        &query_pairs,
-        &[],
-        &body,
-    )
-    .map(|k| format!("proxy/{group}/{k}"))
-    .filter(|k| k.len() <= 1024);
-    let cache_object = key
-        .as_ref()
-        .map(|k| shard_name("cache", k, cfg.cache_shards));
+    let allow = cfg.proxy_cache_query.get(group).map(Vec::as_slice);
+    let cache =
+        plan::cache_key(&caller, group, method.as_ref(), path, &pairs, allow, &body).map(|k| {
+            let o = shard_name("cache", &k, cfg.cache_shards);
+            (k, o)
+        });
     let lookup = async {
-        match (&key, &cache_object) {
-            (Some(k), Some(o)) => {
-                let msg = CacheRequest::Get {
-                    key: k.clone(),
-                    allow_stale_if_error: false,
-                    lease_ms: None,
-                    wait_ms: 0,
-                };
-                call::<_, CacheResponse>(env, binding::CACHE_SHARD, o, &msg)
-                    .await
-                    .ok()
-            }
-            _ => None,
-        }
+        let (key, o) = cache.as_ref()?;
+        let msg = CacheRequest::Get {
+            key: key.clone(),
+            allow_stale_if_error: true,
+            lease_ms: Some(cfg.cache_fill_lease_ms),
+            wait_ms: 0,
+        };
+        call::<_, CacheResponse>(env, binding::CACHE_SHARD, o, &msg)
+            .await
+            .ok()
     };
     let cohort_lookup = async {
         match &experiment {
-            Some(name) => experiments::cohort(env, name, &caller).await,
+            Some(n) => experiments::cohort(env, n, &caller).await,
             None => None,
         }
     };
     let (limit, cached, cohort) =
         futures::join!(check_caller(&req, env, cfg), lookup, cohort_lookup);
     let (_, policy, decision, shadow_denied) = limit?;
-    let policy_name = cfg.rate_limit_caller_policy.clone();
-    let record = |status: u16,
-                  cache: CacheOutcome,
-                  upstream: Option<(&str, &Outcome)>,
-                  calls: usize,
-                  cost: u64| Record {
-        at: started,
-        status,
-        latency_ms: elapsed_ms(started),
-        cache,
-        rate_limited: false,
-        upstream_calls: u8::try_from(calls).unwrap_or(u8::MAX),
-        key: Record::key_for(group, path),
-        provider: upstream.map(|(p, _)| format!("{group}/{p}")),
-        provider_latency_ms: upstream.map_or(0, |(_, o)| o.latency_ms),
-        provider_error: upstream.is_some_and(|(_, o)| !o.ok),
-        cost_micro_usd: cost,
+    let policy_name = &cfg.rate_limit_caller_policy;
+    let books = Books {
+        env: env.clone(),
+        group: group.into(),
+        path: path.into(),
+        request_id: request_id.into(),
+        caller: caller.clone(),
+        started,
+        shards: cfg.aggregator_shards,
+        cohort: cohort.clone(),
+        cache: cache.clone(),
     };
-    // Emits the request's record (off the response path) and returns the latency it recorded,
-    // which the response reports as `Server-Timing: gateway;dur=<ms>`.
-    let emit = |r: Record| -> u32 {
-        let latency_ms = r.latency_ms;
-        crate::telemetry::emit(ctx, env, cfg.aggregator_shards, request_id, r);
-        latency_ms
-    };
-    if !decision.allowed {
-        let latency_ms = emit(Record {
-            rate_limited: true,
-            ..record(429, CacheOutcome::None, None, 0, 0)
-        });
-        let mut resp = super::ratelimit::decision_response(
-            &policy_name,
-            &caller,
-            &policy,
-            &decision,
-            shadow_denied,
-            &gateway_path,
-            request_id,
-        )?;
-        resp.headers_mut()
-            .set("Server-Timing", &format!("gateway;dur={latency_ms}"))?;
-        return Ok(resp);
-    }
-    let (rl_policy, rl_limit) = header_values(&policy_name, &policy, &decision);
-    let finish = |mut resp: Response,
-                  cache: &str,
-                  provider: Option<&str>,
-                  attempts: usize,
-                  latency_ms: u32|
+    let (rl_policy, rl_limit) = header_values(policy_name, &policy, &decision);
+    let decorate = |mut resp: Response,
+                    cache: &str,
+                    provider: Option<&str>,
+                    attempts: usize,
+                    latency_ms: u32|
      -> AppResult<Response> {
         let h = resp.headers_mut();
         h.set("Server-Timing", &format!("gateway;dur={latency_ms}"))?;
@@ -296,210 +259,173 @@ pub async fn proxy(
         }
         Ok(resp)
     };
-    // Off the response path: the outcome for the caller's cohort.
-    let report = |cache_hit: bool, status: u16, cost_micro_usd: u64| {
-        if let Some(c) = cohort.as_ref().filter(|c| c.counted) {
-            let values = vec![
-                ("cache_hit".to_string(), f64::from(u8::from(cache_hit))),
-                ("latency_ms".to_string(), f64::from(elapsed_ms(started))),
-                ("error".to_string(), f64::from(u8::from(status >= 500))),
-                ("cost_usd".to_string(), cost_micro_usd as f64 / 1e6),
-            ];
-            experiments::record(ctx, env, &c.experiment, &caller, values);
-        }
+    let serve_cached = |c: Cached, label: &str| -> AppResult<Response> {
+        let (resp, status) = cached_response(c)?;
+        let latency_ms = elapsed_ms(started);
+        books.observe(ctx, books.record(status, CacheOutcome::Hit, latency_ms));
+        decorate(resp, label, None, 0, latency_ms)
     };
 
-    // 2. Fresh answer from cache.
-    if let Some(CacheResponse::Hit(c)) = cached {
-        let status = if c.negative { 404 } else { 200 };
-        let mut resp =
-            super::cache::value_response(c.value, c.content_type.as_deref())?.with_status(status);
-        resp.headers_mut()
-            .set("Age", &(c.age_ms / 1000).to_string())?;
-        report(true, status, 0);
-        let latency_ms = emit(record(status, CacheOutcome::Hit, None, 0, 0));
-        return finish(resp, "HIT", None, 0, latency_ms);
-    }
-
-    // 3. Pick, forward, fail over.
-    let retry_allowed = may_retry(method.as_ref(), opted_in);
-    let outgoing = Outgoing {
-        method: &method,
-        path,
-        query: &query,
-        headers: &headers,
-        body: &body,
-        request_id,
+    let stale_if_error = match plan::start(decision.allowed, cached) {
+        Start::Deny => {
+            let latency_ms = elapsed_ms(started);
+            books.observe(
+                ctx,
+                Record {
+                    rate_limited: true,
+                    ..books.record(429, CacheOutcome::None, latency_ms)
+                },
+            );
+            let mut resp = decision_response(
+                policy_name,
+                &caller,
+                &policy,
+                &decision,
+                shadow_denied,
+                &gateway_path,
+                request_id,
+            )?;
+            resp.headers_mut()
+                .set("Server-Timing", &format!("gateway;dur={latency_ms}"))?;
+            return Ok(resp);
+        }
+        Start::Hit(c) => return serve_cached(c, "HIT"),
+        Start::Stale(c) => return serve_cached(c, "STALE"),
+        Start::Forward { stale_if_error } => stale_if_error,
     };
-    let provider_object = super::providers::object_name(group);
-    let mut tried: Vec<String> = Vec::new();
-    let mut outcomes: Vec<(String, Outcome)> = Vec::new();
-    let mut last_attempt = Attempt::ConnectionError;
-    let mut answer: Option<(String, Upstream)> = None;
-    let mut cost_micro_usd = 0u64;
-    while tried.len() < MAX_ATTEMPTS {
-        let msg = PRequest::Pick {
-            group: group.to_string(),
-            exclude: tried.clone(),
-            prefer: cohort
-                .as_ref()
-                .map(|c| c.params.preference())
-                .unwrap_or_default(),
-        };
-        let pick = match call(env, binding::PROVIDER_HEALTH, &provider_object, &msg).await {
-            Ok(PResponse::Picked(p)) => p,
-            Ok(_) => return Err(unexpected("provider health")),
-            Err(e) if tried.is_empty() => return Err(e),
-            Err(_) => break, // every provider tried
-        };
-        let timeout_ms = pick.timeout_ms;
-        let secret = pick
-            .secret
-            .as_deref()
-            .and_then(|name| crate::config::var(env, name));
-        let t0 = now();
-        let (attempt, upstream) = forward(&pick, timeout_ms, secret, &outgoing).await;
-        let (mut outcome, retryable) = judge(attempt, elapsed_ms(t0));
-        if let Some(up) = upstream.as_ref().filter(|u| (200..300).contains(&u.status)) {
-            (outcome.input_tokens, outcome.output_tokens) = usage(&up.body);
-        }
-        cost_micro_usd += pick.cost_of(&outcome);
-        outcomes.push((pick.name.clone(), outcome));
-        tried.push(pick.name.clone());
-        last_attempt = attempt;
-        if let Some(up) = upstream {
-            if !retryable || !retry_allowed || tried.len() >= MAX_ATTEMPTS {
-                answer = Some((pick.name, up));
-                break;
-            }
-            answer = Some((pick.name, up));
-        } else if !retry_allowed {
-            break;
-        }
-    }
-    let attempts = tried.len();
-    let lookup_outcome = if cache_object.is_some() {
+
+    // 2. One pick hop, then the walk over the candidates.
+    let prefer = cohort
+        .as_ref()
+        .map(|c| c.params.preference())
+        .unwrap_or_else(Preference::default);
+    let msg = PRequest::PickRanked {
+        group: group.into(),
+        prefer,
+        max: plan::MAX_ATTEMPTS as u8,
+    };
+    let (picks, budget_resets_in_ms) = match call(
+        env,
+        binding::PROVIDER_HEALTH,
+        &super::providers::object_name(group),
+        &msg,
+    )
+    .await?
+    {
+        PResponse::Candidates {
+            picks,
+            budget_resets_in_ms,
+        } => (picks, budget_resets_in_ms),
+        _ => return Err(unexpected("provider health")),
+    };
+    let settings = plan::Settings {
+        group: group.into(),
+        max_attempts: plan::MAX_ATTEMPTS,
+        cacheable: cache.is_some(),
+        default_ttl_s: cohort
+            .as_ref()
+            .and_then(|c| c.params.cache_ttl_s)
+            .unwrap_or(cfg.cache_default_ttl_s),
+        negative_ttl_s: cfg.cache_negative_ttl_s,
+        max_buffer_bytes: cfg.proxy_buffer_max_bytes,
+    };
+    let mut p = Plan::new(
+        settings,
+        method.as_ref(),
+        opted_in,
+        picks,
+        budget_resets_in_ms,
+        stale_if_error,
+    );
+    let out = Outgoing {
+        method,
+        path: path.into(),
+        query,
+        headers,
+        body,
+        request_id: request_id.into(),
+    };
+    let walked = walk(env, &mut p, &out).await;
+    let lookup_outcome = if cache.is_some() {
         CacheOutcome::Miss
     } else {
         CacheOutcome::None
     };
-    let last = outcomes.last().map(|(p, o)| (p.clone(), *o));
+    let attempts = p.attempted();
+    let latency_ms = elapsed_ms(started);
 
-    // 4. Off the response path: outcomes to the provider group, a storable answer to the cache.
-    {
-        let env2 = env.clone();
-        let group2 = group.to_string();
-        let object = provider_object.clone();
-        ctx.wait_until(async move {
-            let msg = PRequest::ReportMany {
-                group: group2,
-                outcomes,
-            };
-            let _ = call::<_, PResponse>(&env2, binding::PROVIDER_HEALTH, &object, &msg).await;
-        });
-    }
-    if let (Some((_, up)), Some(k), Some(o)) = (&answer, key, cache_object) {
-        // An experiment arm's `cache_ttl_s` replaces the default TTL of this fill.
-        let default_ttl_s = cohort
-            .as_ref()
-            .and_then(|c| c.params.cache_ttl_s)
-            .unwrap_or(cfg.cache_default_ttl_s);
-        if let Some(s) = storable(
-            up.status,
-            &up.headers,
-            default_ttl_s,
-            cfg.cache_negative_ttl_s,
-        ) {
-            let content_type = up
-                .headers
-                .iter()
-                .find(|(k, _)| k == "content-type")
-                .map(|(_, v)| v.clone());
-            let msg = CacheRequest::Put {
-                key: k,
-                value: up.body.clone(),
-                content_type,
-                spec: PutSpec {
-                    ttl_ms: s.ttl_s * 1000,
-                    stale_while_revalidate_ms: s.stale_while_revalidate_s * 1000,
-                    stale_if_error_ms: s.stale_if_error_s * 1000,
-                    negative: s.negative,
-                    tags: vec![format!("proxy-{group}")]
-                        .into_iter()
-                        .filter(|t| t.len() <= 64)
-                        .collect(),
-                },
-            };
-            let env2 = env.clone();
-            ctx.wait_until(async move {
-                let _ = call::<_, CacheResponse>(&env2, binding::CACHE_SHARD, &o, &msg).await;
-            });
+    // 3. Answer; settle once the body has ended.
+    let (resp, status, provider, ended) = match walked {
+        Walked::Buffered(d, bytes) => {
+            let mut meter = Meter::new(d.content_type.as_deref(), d.collect);
+            meter.feed(&bytes);
+            let (tx, rx) = futures::channel::oneshot::channel();
+            let _ = tx.send(meter.finish(End::Completed));
+            (
+                Response::from_bytes(bytes)?,
+                d.status,
+                p.candidate(d.candidate).map(|c| c.name.clone()),
+                Some((d.headers, rx)),
+            )
         }
-    }
-
-    // 5. Answer.
-    match answer {
-        Some((provider, up)) if up.status < 500 && up.status != 429 => {
-            let headers = Headers::new();
-            for (k, v) in &up.headers {
-                if PASS_BACK.contains(&k.as_str()) {
-                    headers.set(k, v)?;
-                }
-            }
-            let status = up.status;
-            let resp = Response::from_bytes(up.body)?
-                .with_status(status)
-                .with_headers(headers);
-            report(false, status, cost_micro_usd);
-            let latency_ms = emit(record(
-                status,
-                lookup_outcome,
-                last.as_ref().map(|(p, o)| (p.as_str(), o)),
-                attempts,
-                cost_micro_usd,
-            ));
-            finish(resp, "MISS", Some(&provider), attempts, latency_ms)
+        Walked::Streamed(d, mut upstream) => {
+            let idle_ms = p.candidate(d.candidate).map_or(10_000, |c| c.timeout_ms);
+            let (relay, rx) = Relay::new(
+                upstream.stream()?,
+                Meter::new(d.content_type.as_deref(), d.collect),
+                idle_ms,
+            );
+            (
+                Response::from_stream(relay)?,
+                d.status,
+                p.candidate(d.candidate).map(|c| c.name.clone()),
+                Some((d.headers, rx)),
+            )
         }
-        other => {
-            let mut retry_after = None;
-            let err = match (other, last_attempt) {
-                (_, Attempt::Timeout) => GatewayError::GatewayTimeout(format!(
-                    "every provider tried timed out ({attempts} attempts)"
-                )),
-                (Some((_, up)), _) if up.status == 429 => {
-                    retry_after = up
-                        .headers
-                        .iter()
-                        .find(|(k, _)| k == "retry-after")
-                        .map(|(_, v)| v.clone());
-                    GatewayError::Unavailable(format!(
-                        "providers are rate limiting ({attempts} attempts)"
-                    ))
-                }
-                (Some((_, up)), _) => GatewayError::BadGateway(format!(
-                    "providers failed; the last answered {} ({attempts} attempts)",
-                    up.status
-                )),
-                (None, _) => GatewayError::BadGateway(format!(
-                    "no provider could be reached ({attempts} attempts)"
-                )),
-            };
+        Walked::Other(Step::Stale(c)) => {
+            let (resp, status) = cached_response(c)?;
+            ctx.wait_until(books.settle(p, None, status, CacheOutcome::Hit, latency_ms));
+            return decorate(resp, "STALE", None, attempts.len(), latency_ms);
+        }
+        Walked::Other(Step::Fail(f)) => {
             let mut extra = serde_json::Map::new();
-            extra.insert("attempts".into(), serde_json::json!(tried));
+            extra.insert("attempts".into(), serde_json::json!(attempts));
             extra.insert("group".into(), serde_json::json!(group));
-            report(false, err.status(), cost_micro_usd);
-            let latency_ms = emit(record(
-                err.status(),
-                lookup_outcome,
-                last.as_ref().map(|(p, o)| (p.as_str(), o)),
-                attempts,
-                cost_micro_usd,
-            ));
-            let mut resp = problem_with_extra(&err, request_id, &gateway_path, Some(extra))?;
-            if let Some(ra) = retry_after {
-                resp.headers_mut().set("Retry-After", &ra)?;
+            let mut resp = problem_with_extra(&f.error, request_id, &gateway_path, Some(extra))?;
+            if let Some(ra) = &f.retry_after {
+                resp.headers_mut().set("Retry-After", ra)?;
             }
-            finish(resp, "MISS", None, attempts, latency_ms)
+            (resp, f.error.status(), None, None)
         }
-    }
+        Walked::Other(_) => return Err(unexpected("proxy plan")),
+    };
+    let resp = match &ended {
+        Some((pass_back, _)) => {
+            let h = Headers::new();
+            for (k, v) in pass_back {
+                h.set(k, v)?;
+            }
+            resp.with_status(status).with_headers(h)
+        }
+        None => resp,
+    };
+    ctx.wait_until(async move {
+        let body = match ended {
+            Some((_, rx)) => Some(
+                rx.await
+                    .unwrap_or_else(|_| Meter::new(None, 0).finish(End::ClientGone)),
+            ),
+            None => None,
+        };
+        books
+            .settle(p, body, status, lookup_outcome, latency_ms)
+            .await;
+    });
+    decorate(
+        resp,
+        "MISS",
+        provider.as_deref(),
+        attempts.len(),
+        latency_ms,
+    )
 }

@@ -640,6 +640,108 @@ impl Balancer {
         Some(Pick::of(s, false))
     }
 
+    /// Ranked candidates for one request, so failover needs no further round trip: first the
+    /// provider [`Balancer::pick_with`] chooses (the strategy's state, e.g. the weighted
+    /// scores, advances exactly as for one pick), then the other providers in rotation in the
+    /// strategy's order (weighted: by running score; least-latency, p2c: by latency; cost: by
+    /// unit cost), then those out of rotation by when they are back (`panic: true`). Providers
+    /// whose budget is spent are never candidates. Every candidate is reserved (in flight, and
+    /// the trial slot of a half-open circuit); [`Balancer::release`] returns the unused ones.
+    pub fn pick_ranked(
+        &mut self,
+        now: UnixMillis,
+        rand: u64,
+        pref: &Preference,
+        max: usize,
+    ) -> Vec<Pick> {
+        let spent: Vec<String> = (0..self.specs.len())
+            .filter(|&i| self.budget_left(i, now) == Some(0))
+            .map(|i| self.specs[i].name.clone())
+            .collect();
+        if max == 0 || spent.len() == self.specs.len() {
+            return Vec::new();
+        }
+        let Some(first) = self.pick_with(now, &spent, rand, pref) else {
+            return Vec::new();
+        };
+        let strategy = pref.strategy.unwrap_or(self.strategy);
+        let latency = |h: &ProviderHealth| {
+            if h.requests == 0 {
+                0.0
+            } else {
+                h.latency_ewma_ms
+            }
+        };
+        let mut rest: Vec<usize> = (0..self.specs.len())
+            .filter(|&i| self.specs[i].name != first.name && !spent.contains(&self.specs[i].name))
+            .collect();
+        rest.sort_by(|&a, &b| {
+            let (ra, rb) = (self.in_rotation(a, now), self.in_rotation(b, now));
+            rb.cmp(&ra).then_with(|| {
+                if !ra {
+                    return self.health[a]
+                        .back_at(now)
+                        .cmp(&self.health[b].back_at(now));
+                }
+                match strategy {
+                    Strategy::Weighted => {
+                        let w = |i: usize| {
+                            self.scores[i]
+                                + i64::from(self.specs[i].weight)
+                                    * self.health[i].weight_percent(now)
+                        };
+                        w(b).cmp(&w(a))
+                    }
+                    Strategy::LeastLatency | Strategy::P2c => {
+                        latency(&self.health[a]).total_cmp(&latency(&self.health[b]))
+                    }
+                    Strategy::Cost => self.specs[a]
+                        .cost_per_request_micro_usd
+                        .cmp(&self.specs[b].cost_per_request_micro_usd),
+                }
+            })
+        });
+        let mut picks = vec![first];
+        for i in rest.into_iter().take(max - 1) {
+            let panic = !self.in_rotation(i, now);
+            let h = &mut self.health[i];
+            h.in_flight = h.in_flight.saturating_add(1);
+            if !panic && h.circuit_at(now) == Circuit::HalfOpen {
+                h.circuit = Circuit::HalfOpen;
+                h.half_open_in_flight = h.half_open_in_flight.saturating_add(1);
+            }
+            picks.push(Pick::of(&self.specs[i], panic));
+        }
+        picks
+    }
+
+    /// When the group's earliest spent budget is replenished, if every provider's is spent.
+    pub fn budgets_reset_in_ms(&self, now: UnixMillis) -> Option<u64> {
+        (0..self.specs.len())
+            .map(|i| {
+                (self.budget_left(i, now) == Some(0)).then(|| {
+                    let period = i64::try_from(self.specs[i].budget_period_ms).unwrap_or(i64::MAX);
+                    let ends = self.health[i].budget_period_start.plus_ms(period);
+                    u64::try_from(ends.since(now).max(0)).unwrap_or(0)
+                })
+            })
+            .collect::<Option<Vec<u64>>>()?
+            .into_iter()
+            .min()
+    }
+
+    /// Returns a reserved but unused candidate (see [`Balancer::pick_ranked`]); `panic` as
+    /// it was picked (a panic pick holds no half-open trial slot).
+    pub fn release(&mut self, name: &str, panic: bool, now: UnixMillis) -> Option<usize> {
+        let i = self.position(name)?;
+        let h = &mut self.health[i];
+        h.in_flight = h.in_flight.saturating_sub(1);
+        if !panic && h.circuit_at(now) == Circuit::HalfOpen {
+            h.half_open_in_flight = h.half_open_in_flight.saturating_sub(1);
+        }
+        Some(i)
+    }
+
     /// Records an outcome for `name`; returns the provider's index when it changed.
     pub fn report(&mut self, name: &str, outcome: Outcome, now: UnixMillis) -> Option<usize> {
         let i = self.position(name)?;
@@ -807,6 +909,133 @@ mod tests {
         assert_eq!(picks.iter().filter(|p| *p == "a").count(), 6);
         // Smooth: never more than three `a` in a row.
         assert_eq!(picks[..4], ["a", "a", "b", "a"]);
+    }
+
+    fn names(picks: &[Pick]) -> Vec<&str> {
+        picks.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn ranked_picks_split_like_single_picks_and_rank_the_rest_for_failover() {
+        let mut single = Balancer::new(vec![spec("a", 3), spec("b", 1)], EjectionPolicy::default());
+        let mut ranked = single.clone();
+        for _ in 0..40 {
+            let one = single.pick(UnixMillis(0)).unwrap().name;
+            let list = ranked.pick_ranked(UnixMillis(0), 0, &Preference::default(), 3);
+            assert_eq!(
+                list[0].name, one,
+                "the first candidate is exactly the single pick"
+            );
+            assert_eq!(list.len(), 2);
+            assert_ne!(list[0].name, list[1].name);
+            for p in &list {
+                ranked.release(&p.name, p.panic, UnixMillis(0));
+            }
+            single.release(&one, false, UnixMillis(0));
+        }
+        assert_eq!(ranked.health(0).map(|h| h.in_flight), Some(0), "released");
+        assert_eq!(
+            ranked
+                .pick_ranked(UnixMillis(0), 0, &Preference::default(), 1)
+                .len(),
+            1
+        );
+        assert!(ranked
+            .pick_ranked(UnixMillis(0), 0, &Preference::default(), 0)
+            .is_empty());
+    }
+
+    #[test]
+    fn ranked_picks_put_ejected_providers_last_as_panic_and_skip_spent_budgets() {
+        let policy = EjectionPolicy {
+            consecutive_failures: 1,
+            base_ejection_ms: 1000,
+            max_ejected_percent: 100,
+        };
+        let mut pricey = spec("pricey", 1);
+        pricey.cost_per_request_micro_usd = 100;
+        pricey.budget_micro_usd = Some(100);
+        let mut b = Balancer::new(vec![spec("down", 1), pricey, spec("ok", 1)], policy);
+        let fail = Outcome {
+            ok: false,
+            error: Some(ErrorClass::ServerError),
+            ..Outcome::default()
+        };
+        b.report("down", fail, UnixMillis(0));
+        let list = b.pick_ranked(UnixMillis(1), 0, &Preference::default(), 3);
+        assert_eq!(names(&list), ["pricey", "ok", "down"]);
+        assert_eq!(
+            list.iter().map(|p| p.panic).collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        for p in &list {
+            b.release(&p.name, p.panic, UnixMillis(1));
+        }
+        b.report(
+            "pricey",
+            Outcome {
+                ok: true,
+                ..Outcome::default()
+            },
+            UnixMillis(1),
+        );
+        assert_eq!(
+            b.budgets_reset_in_ms(UnixMillis(1)),
+            None,
+            "one budget is not all"
+        );
+        let list = b.pick_ranked(UnixMillis(2), 0, &Preference::default(), 3);
+        assert_eq!(
+            names(&list),
+            ["ok", "down"],
+            "a spent budget is never a candidate"
+        );
+        // Every budget spent: no candidate, and when the first comes back.
+        let mut only = spec("only", 1);
+        only.cost_per_request_micro_usd = 10;
+        only.budget_micro_usd = Some(10);
+        only.budget_period_ms = 60_000;
+        let mut b = Balancer::new(vec![only], EjectionPolicy::default());
+        b.report(
+            "only",
+            Outcome {
+                ok: true,
+                ..Outcome::default()
+            },
+            UnixMillis(1000),
+        );
+        assert!(b
+            .pick_ranked(UnixMillis(5000), 0, &Preference::default(), 3)
+            .is_empty());
+        // The period started at 0 (a fresh provider), so it ends at 60 000.
+        assert_eq!(b.budgets_reset_in_ms(UnixMillis(5000)), Some(55_000));
+    }
+
+    #[test]
+    fn a_half_open_fallback_holds_the_trial_slot_until_released() {
+        let policy = EjectionPolicy {
+            consecutive_failures: 1,
+            base_ejection_ms: 1000,
+            max_ejected_percent: 100,
+        };
+        let mut b = Balancer::new(vec![spec("a", 1), spec("b", 1)], policy);
+        let fail = Outcome {
+            ok: false,
+            ..Outcome::default()
+        };
+        b.report("b", fail, UnixMillis(0));
+        // At 2000 b's ejection has ended: half-open, one trial at a time.
+        let list = b.pick_ranked(UnixMillis(2000), 0, &Preference::default(), 3);
+        assert_eq!(names(&list), ["a", "b"]);
+        assert!(
+            !b.health(1).unwrap().is_healthy(UnixMillis(2000)),
+            "trial slot taken"
+        );
+        b.release("b", false, UnixMillis(2000));
+        assert!(
+            b.health(1).unwrap().is_healthy(UnixMillis(2000)),
+            "slot returned"
+        );
     }
 
     #[test]
@@ -1236,151 +1465,5 @@ mod tests {
         s.url = "ftp://x".into();
         assert!(validate_group(&[s]).is_err());
         assert!(validate_group(&[spec("a", 1), spec("b", 1000)]).is_ok());
-    }
-}
-
-/// What one upstream attempt produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempt {
-    /// A response with this status (and its `Retry-After` in ms, if any).
-    Response {
-        /// HTTP status.
-        status: u16,
-        /// Parsed `Retry-After`.
-        retry_after_ms: Option<u64>,
-    },
-    /// No response within the provider's timeout.
-    Timeout,
-    /// The connection failed or was dropped.
-    ConnectionError,
-}
-
-/// Judges an attempt: the outcome to report for the provider, and whether the request may move
-/// on to another provider. 2xx-4xx (but 429) are the provider working; 429 cools it down for its
-/// `Retry-After` (1 s when absent); 5xx, timeouts and connection errors are failures.
-pub fn judge(attempt: Attempt, latency_ms: u32) -> (Outcome, bool) {
-    match attempt {
-        Attempt::Response {
-            status: 429,
-            retry_after_ms,
-        } => (
-            Outcome {
-                ok: false,
-                latency_ms,
-                retry_after_ms: Some(retry_after_ms.unwrap_or(1000)),
-                input_tokens: 0,
-                output_tokens: 0,
-                error: None,
-            },
-            true,
-        ),
-        Attempt::Response { status, .. } if status >= 500 => (
-            Outcome {
-                ok: false,
-                latency_ms,
-                retry_after_ms: None,
-                input_tokens: 0,
-                output_tokens: 0,
-                error: None,
-            },
-            true,
-        ),
-        Attempt::Response { .. } => (
-            Outcome {
-                ok: true,
-                latency_ms,
-                retry_after_ms: None,
-                input_tokens: 0,
-                output_tokens: 0,
-                error: None,
-            },
-            false,
-        ),
-        Attempt::Timeout | Attempt::ConnectionError => (
-            Outcome {
-                ok: false,
-                latency_ms,
-                retry_after_ms: None,
-                input_tokens: 0,
-                output_tokens: 0,
-                error: None,
-            },
-            true,
-        ),
-    }
-}
-
-/// `Retry-After` in delta-seconds as milliseconds (capped at one day). HTTP-dates are not used
-/// by the providers we front and give `None`.
-pub fn parse_retry_after(value: &str) -> Option<u64> {
-    value
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| s.min(86_400) * 1000)
-}
-
-/// Whether a request may be retried on another provider: idempotent methods, or any request the
-/// client marks with `X-Gateway-Retry: true`.
-pub fn may_retry(method: &str, opted_in: bool) -> bool {
-    opted_in
-        || matches!(
-            method.to_ascii_uppercase().as_str(),
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
-        )
-}
-
-#[cfg(test)]
-mod judge_tests {
-    use super::*;
-
-    #[test]
-    fn classifies_attempts() {
-        let r = |status| Attempt::Response {
-            status,
-            retry_after_ms: None,
-        };
-        assert_eq!(
-            judge(r(200), 5),
-            (
-                Outcome {
-                    ok: true,
-                    latency_ms: 5,
-                    retry_after_ms: None,
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    error: None
-                },
-                false
-            )
-        );
-        assert!(judge(r(404), 5).0.ok, "a 404 is the provider working");
-        assert_eq!(
-            judge(r(503), 5),
-            (
-                Outcome {
-                    ok: false,
-                    latency_ms: 5,
-                    retry_after_ms: None,
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    error: None
-                },
-                true
-            )
-        );
-        let (o, retry) = judge(
-            Attempt::Response {
-                status: 429,
-                retry_after_ms: Some(7000),
-            },
-            5,
-        );
-        assert_eq!((o.retry_after_ms, retry), (Some(7000), true));
-        assert_eq!(judge(r(429), 5).0.retry_after_ms, Some(1000));
-        assert!(judge(Attempt::Timeout, 5).1 && judge(Attempt::ConnectionError, 5).1);
-        assert_eq!(parse_retry_after(" 30 "), Some(30_000));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert!(may_retry("get", false) && !may_retry("POST", false) && may_retry("POST", true));
     }
 }

@@ -75,13 +75,31 @@ pub fn normalise_path(path: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+/// Escapes the characters that separate a key's parts, so `a=1%262` and `a=1&2` differ.
+fn escape_part(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '&' => out.push_str("%26"),
+            '=' => out.push_str("%3D"),
+            '|' => out.push_str("%7C"),
+            c => out.push(c),
+        }
+    }
+}
+
 /// The cache key of a request, or `None` when the method is never cached.
+///
+/// The query is part of the key: every parameter (`allowed_query: None`), or only the named
+/// ones (an allow-list, for APIs whose other parameters do not change the answer, e.g. tracking
+/// tags). Parameters are sorted, so `?b=2&a=1` and `?a=1&b=2` share an entry; a repeated
+/// parameter keeps all its values.
 pub fn cache_key(
     tenant: &str,
     method: &str,
     path: &str,
     query: &[(String, String)],
-    allowed_query: &[String],
+    allowed_query: Option<&[String]>,
     body: &[u8],
 ) -> Option<String> {
     let method = method.to_ascii_uppercase();
@@ -90,8 +108,14 @@ pub fn cache_key(
     }
     let mut params: Vec<String> = query
         .iter()
-        .filter(|(k, _)| allowed_query.iter().any(|a| a == k))
-        .map(|(k, v)| format!("{k}={v}"))
+        .filter(|(k, _)| allowed_query.is_none_or(|allowed| allowed.iter().any(|a| a == k)))
+        .map(|(k, v)| {
+            let mut p = String::with_capacity(k.len() + v.len() + 1);
+            escape_part(k, &mut p);
+            p.push('=');
+            escape_part(v, &mut p);
+            p
+        })
         .collect();
     params.sort();
     // HEAD shares GET's entry.
@@ -183,27 +207,65 @@ mod tests {
             ("utm".to_string(), "x".to_string()),
         ];
         let allowed = vec!["a".to_string(), "b".to_string()];
-        let k1 = cache_key("t1", "GET", "/v1//search/./titles/", &q, &allowed, b"").unwrap();
+        let k1 = cache_key(
+            "t1",
+            "GET",
+            "/v1//search/./titles/",
+            &q,
+            Some(&allowed),
+            b"",
+        )
+        .unwrap();
         assert_eq!(k1, "t1|GET|/v1/search/titles|a=1&b=2");
         assert_eq!(
-            cache_key("t1", "HEAD", "/v1/search/titles", &q, &allowed, b"").unwrap(),
+            cache_key("t1", "HEAD", "/v1/search/titles", &q, Some(&allowed), b"").unwrap(),
             k1
         );
         assert_ne!(
-            cache_key("t2", "GET", "/v1/search/titles", &q, &allowed, b"").unwrap(),
+            cache_key("t2", "GET", "/v1/search/titles", &q, Some(&allowed), b"").unwrap(),
             k1,
             "tenants never share"
         );
-        let p1 = cache_key("t1", "POST", "/v1/chat", &[], &[], b"{\"q\":1}").unwrap();
-        let p2 = cache_key("t1", "POST", "/v1/chat", &[], &[], b"{\"q\":2}").unwrap();
+        let p1 = cache_key("t1", "POST", "/v1/chat", &[], None, b"{\"q\":1}").unwrap();
+        let p2 = cache_key("t1", "POST", "/v1/chat", &[], None, b"{\"q\":2}").unwrap();
         assert_ne!(p1, p2);
         assert_eq!(
             p1.rsplit('|').next().map(str::len),
             Some(64),
             "sha256 hex of the body"
         );
-        assert_eq!(cache_key("t1", "DELETE", "/x", &[], &[], b""), None);
+        assert_eq!(cache_key("t1", "DELETE", "/x", &[], None, b""), None);
         assert_eq!(normalise_path("/a/../../b/"), "/b");
+    }
+
+    #[test]
+    fn by_default_every_query_parameter_is_part_of_the_key() {
+        // The proxy once passed an empty allow-list, so `?page=1` and `?page=2` shared an entry.
+        let page = |n: &str| vec![("page".to_string(), n.to_string())];
+        let k = |q: &[(String, String)]| cache_key("t", "GET", "/list", q, None, b"").unwrap();
+        assert_ne!(k(&page("1")), k(&page("2")));
+        assert_ne!(k(&page("1")), k(&[]));
+        let ab = vec![
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ];
+        let ba = vec![
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ];
+        assert_eq!(k(&ab), k(&ba), "order does not matter");
+        let amp = vec![("a".to_string(), "1&b=2".to_string())];
+        assert_ne!(k(&amp), k(&ab), "separators in values are escaped");
+        let only: Vec<String> = vec!["page".into()];
+        let tracked = vec![
+            ("page".to_string(), "1".to_string()),
+            ("utm".to_string(), "x".to_string()),
+        ];
+        assert_eq!(
+            cache_key("t", "GET", "/list", &tracked, Some(&only), b""),
+            cache_key("t", "GET", "/list", &page("1"), Some(&only), b""),
+            "an allow-list ignores other parameters"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Messages for `ProviderHealthDO`.
+//! Messages for `ProviderHealthDO`. Append-only: new variants go at the end, so objects and
+//! front workers of different versions keep understanding each other during a rollout.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,26 @@ pub enum Request {
     Status {
         /// Group name.
         group: String,
+    },
+    /// Ranked candidates for one request (the proxy's one hop: failover needs no further
+    /// round trip). Each is reserved until [`Request::Settle`] reports or releases it.
+    PickRanked {
+        /// Group name.
+        group: String,
+        /// An experiment arm's preference (provider or strategy).
+        prefer: Preference,
+        /// Most candidates wanted.
+        max: u8,
+    },
+    /// A proxied request's end: the outcome of every attempt, in order, and the candidates it
+    /// reserved but never tried (name, `panic` as picked).
+    Settle {
+        /// Group name.
+        group: String,
+        /// (provider, outcome) per attempt.
+        outcomes: Vec<(String, Outcome)>,
+        /// Unused candidates.
+        released: Vec<(String, bool)>,
     },
 }
 
@@ -98,4 +119,12 @@ pub enum Response {
     },
     /// Live state.
     Status(GroupStatus),
+    /// Ranked candidates (empty when every provider's budget is spent; then
+    /// `budget_resets_in_ms` says when the first is replenished).
+    Candidates {
+        /// Best first.
+        picks: Vec<Pick>,
+        /// Time until the earliest spent budget resets, when every budget is spent.
+        budget_resets_in_ms: Option<u64>,
+    },
 }
