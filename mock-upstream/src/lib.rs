@@ -1,6 +1,7 @@
 //! A fake upstream provider server: named providers as path prefixes on one port, each with
-//! behaviour (latency, failure status, failure rate, 429 + Retry-After, dropped connections)
-//! switchable at run time over HTTP (`PUT /__control/{provider}`). See README.md.
+//! behaviour (latency, failure status, failure rate, 429 + Retry-After, dropped connections,
+//! OpenAI-style SSE streaming) switchable at run time over HTTP (`PUT /__control/{provider}`).
+//! See README.md.
 //!
 //! * Failures are deterministic: with failure rate `r`, the n-th provider call since the rate was
 //!   last set (or the provider reset), n = 0, 1, 2, ..., fails iff `floor((n+1)*r) > floor(n*r)`
@@ -11,6 +12,7 @@
 //! * One thread per connection, at most [`MAX_CONNECTIONS`] at once (503 beyond that).
 //! * Malformed input gets a 4xx JSON error and the connection is closed; nothing read from the
 //!   network can panic the server.
+//! * Streamed answers (`stream` on and a `"stream": true` body): see `src/sse.rs`.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -22,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
+
+mod sse;
 
 /// Concurrent connections served by [`start`]; further connections get a 503 and are closed.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -61,8 +65,19 @@ pub struct Behaviour {
     pub completion_tokens: u32,
     /// Replaces the success body verbatim.
     pub body: Option<String>,
-    /// Extra response headers on success.
+    /// Extra response headers on success (streamed or not).
     pub headers: Option<BTreeMap<String, String>>,
+    /// Answer calls whose body is a JSON object with `"stream": true` with an SSE stream.
+    pub stream: bool,
+    /// Content events per stream (1..=10000, default 10).
+    pub stream_chunks: u32,
+    /// Pause between two content events, ms (<= 60000, default 100); the first is sent at once.
+    pub stream_delay_ms: u64,
+    /// End streams with a usage event before `[DONE]` (default true).
+    pub stream_usage: bool,
+    /// Close the connection after this many content events (at most `stream_chunks`), without
+    /// usage, `[DONE]` or the terminating chunk.
+    pub stream_drop_after: Option<u32>,
 }
 
 impl Default for Behaviour {
@@ -76,6 +91,11 @@ impl Default for Behaviour {
             completion_tokens: 16,
             body: None,
             headers: None,
+            stream: false,
+            stream_chunks: 10,
+            stream_delay_ms: 100,
+            stream_usage: true,
+            stream_drop_after: None,
         }
     }
 }
@@ -85,7 +105,7 @@ impl Default for Behaviour {
 pub struct Counters {
     /// Provider calls (not health probes, not control calls).
     pub requests: u64,
-    /// Calls answered 200.
+    /// Calls answered 200 (streams included).
     pub successes: u64,
     /// Failed calls answered with the failure status.
     pub failures: u64,
@@ -97,6 +117,15 @@ pub struct Counters {
     pub authorized: u64,
     /// The last `Authorization` value seen (so tests can check credentials are sent).
     pub last_authorization: Option<String>,
+    /// Calls answered with an SSE stream. Once they end, each is counted in exactly one of the
+    /// three counters below.
+    pub streams: u64,
+    /// Streams sent in full (terminating chunk included).
+    pub streams_completed: u64,
+    /// Streams cut short by `stream_drop_after`.
+    pub streams_dropped: u64,
+    /// Streams that failed because a write failed (the client went away).
+    pub streams_aborted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +134,9 @@ struct Provider {
     counters: Counters,
     /// Calls since the failure rate was last set (drives the deterministic pattern).
     pattern_n: u64,
+    /// Identity of this provider state: a stream that ends after its provider was reset (or
+    /// deleted) is not counted in the new state.
+    epoch: Arc<()>,
 }
 
 #[derive(Serialize)]
@@ -274,6 +306,8 @@ struct Request {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     close: bool,
+    /// HTTP/1.1 (chunked responses allowed) rather than HTTP/1.0.
+    http11: bool,
 }
 
 impl Request {
@@ -295,6 +329,15 @@ enum Answer {
     Respond(Response),
     /// Close the connection without writing anything.
     Drop,
+    /// Stream server-sent events, then count how the stream ended.
+    Stream(Stream),
+}
+
+/// A stream to send for `provider`, as it was when the call was counted.
+struct Stream {
+    provider: String,
+    epoch: Arc<()>,
+    plan: sse::Plan,
 }
 
 enum ReadError {
@@ -311,6 +354,7 @@ fn bad(status: u16, msg: &str) -> ReadError {
 fn serve_connection(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    // Every answer leaves in whole writes; SSE events in particular must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -336,6 +380,16 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
                 }
             }
             Answer::Drop => break,
+            Answer::Stream(stream) => {
+                // HTTP/1.0 has no chunked coding: its streams end by closing the connection.
+                let close = req.close || !req.http11;
+                let outcome = sse::send(&mut writer, &stream.plan, req.http11, close);
+                count_stream_end(shared, &stream, outcome);
+                // A dropped stream closes without the terminating chunk (the shutdown below).
+                if outcome != sse::Outcome::Completed || close {
+                    break;
+                }
+            }
         }
     }
     let _ = writer.shutdown(Shutdown::Both);
@@ -488,6 +542,7 @@ fn read_request(
         headers,
         body,
         close,
+        http11: version == 1,
     })
 }
 
@@ -753,8 +808,8 @@ fn not_allowed(allow: &str) -> Answer {
 // Control plane
 // ---------------------------------------------------------------------------------------------
 
-/// The control-plane update: every field optional, unknown fields refused. `body`, `headers`
-/// and `retry_after_s` accept `null` (clear); the other fields refuse it.
+/// The control-plane update: every field optional, unknown fields refused. `body`, `headers`,
+/// `retry_after_s` and `stream_drop_after` accept `null` (clear); the other fields refuse it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Update {
@@ -774,6 +829,16 @@ struct Update {
     body: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     headers: Option<Option<BTreeMap<String, String>>>,
+    #[serde(default, deserialize_with = "present")]
+    stream: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    stream_chunks: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    stream_delay_ms: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    stream_usage: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    stream_drop_after: Option<Option<u32>>,
 }
 
 /// A field that, when present, must hold a value (not `null`).
@@ -861,6 +926,28 @@ fn apply_update(current: &Behaviour, body: &[u8]) -> Result<(Behaviour, bool), S
         }
         b.headers = v;
     }
+    if let Some(v) = update.stream {
+        b.stream = v;
+    }
+    if let Some(v) = update.stream_chunks {
+        if !(1..=sse::MAX_CHUNKS).contains(&v) {
+            return Err(format!("stream_chunks must be in 1..={}", sse::MAX_CHUNKS));
+        }
+        b.stream_chunks = v;
+    }
+    if let Some(v) = update.stream_delay_ms {
+        if v > sse::MAX_DELAY_MS {
+            return Err(format!("stream_delay_ms must be <= {}", sse::MAX_DELAY_MS));
+        }
+        b.stream_delay_ms = v;
+    }
+    if let Some(v) = update.stream_usage {
+        b.stream_usage = v;
+    }
+    if let Some(v) = update.stream_drop_after {
+        // Any u32: a value of stream_chunks or more drops after the last content event.
+        b.stream_drop_after = v;
+    }
     Ok((b, update.failure_rate.is_some()))
 }
 
@@ -928,7 +1015,13 @@ fn health_probe(req: &Request, name: &str, shared: &Shared) -> Answer {
 }
 
 fn provider_call(req: &Request, name: &str, shared: &Shared) -> Answer {
-    let (b, fails, id) = {
+    // Parse the body (outside the lock) only for a provider that streams.
+    let stream_on = shared
+        .providers()
+        .get(name)
+        .is_some_and(|p| p.behaviour.stream);
+    let asks = stream_on && req.method != "HEAD" && sse::asks_for_stream(&req.body);
+    let (b, fails, id, stream_epoch) = {
         let mut map = shared.providers();
         let p = map.entry(name.to_string()).or_default();
         p.counters.requests += 1;
@@ -943,11 +1036,24 @@ fn provider_call(req: &Request, name: &str, shared: &Shared) -> Answer {
             (true, false) => p.counters.failures += 1,
             (true, true) => p.counters.dropped += 1,
         }
-        (p.behaviour.clone(), fails, p.counters.requests)
+        // Failures answer as configured, never with a stream.
+        let streams = !fails && asks && p.behaviour.stream;
+        if streams {
+            p.counters.streams += 1;
+        }
+        let epoch = streams.then(|| p.epoch.clone());
+        (p.behaviour.clone(), fails, p.counters.requests, epoch)
     };
     std::thread::sleep(Duration::from_millis(b.latency_ms));
     match (fails, b.drop_connection) {
-        (false, _) => success(req, name, id, &b),
+        (false, _) => match stream_epoch {
+            Some(epoch) => Answer::Stream(Stream {
+                provider: name.to_string(),
+                epoch,
+                plan: stream_plan(req, name, &b),
+            }),
+            None => success(req, name, id, &b),
+        },
         (true, false) => failure(req, name, &b),
         (true, true) => Answer::Drop,
     }
@@ -1002,15 +1108,26 @@ struct Usage {
     total_tokens: u64,
 }
 
-fn success(req: &Request, name: &str, id: u64, b: &Behaviour) -> Answer {
+/// Headers of successful answers, streamed or not: the common ones, then the configured extras.
+fn success_headers(req: &Request, name: &str, b: &Behaviour) -> Vec<(String, String)> {
     let mut headers = common_headers(req, name);
     if let Some(extra) = &b.headers {
         headers.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
+    headers
+}
+
+/// `usage.prompt_tokens` of every success: `ceil(request body bytes / 4)`, at least 1.
+fn prompt_tokens(req: &Request) -> u64 {
+    (req.body.len() as u64).div_ceil(4).max(1)
+}
+
+fn success(req: &Request, name: &str, id: u64, b: &Behaviour) -> Answer {
+    let headers = success_headers(req, name, b);
     let body = match &b.body {
         Some(text) => text.clone().into_bytes(),
         None => {
-            let prompt = (req.body.len() as u64).div_ceil(4).max(1);
+            let prompt = prompt_tokens(req);
             let completion = u64::from(b.completion_tokens);
             // The target after `/{name}`, e.g. `/v1/chat/completions` (query kept).
             let path = req.target.get(name.len() + 1..).unwrap_or("/");
@@ -1043,6 +1160,38 @@ fn success(req: &Request, name: &str, id: u64, b: &Behaviour) -> Answer {
         headers,
         body,
     })
+}
+
+/// The stream for a successful streamed call. Its usage event reports the same prompt tokens as
+/// a non-streamed answer to the same request (derived from the body, not configured), and
+/// `stream_chunks` completion tokens: one per content event (`"tok<i> "`). The
+/// `completion_tokens` setting applies to non-streamed answers only, and `body` is ignored.
+fn stream_plan(req: &Request, name: &str, b: &Behaviour) -> sse::Plan {
+    sse::Plan {
+        headers: success_headers(req, name, b),
+        chunks: b.stream_chunks,
+        delay: Duration::from_millis(b.stream_delay_ms),
+        usage: b.stream_usage,
+        drop_after: b.stream_drop_after,
+        prompt_tokens: prompt_tokens(req),
+    }
+}
+
+/// Counts how a stream ended, unless its provider was reset (or deleted) meanwhile.
+fn count_stream_end(shared: &Shared, stream: &Stream, outcome: sse::Outcome) {
+    let mut map = shared.providers();
+    let Some(p) = map.get_mut(&stream.provider) else {
+        return;
+    };
+    if !Arc::ptr_eq(&p.epoch, &stream.epoch) {
+        return;
+    }
+    let c = &mut p.counters;
+    match outcome {
+        sse::Outcome::Completed => c.streams_completed += 1,
+        sse::Outcome::Dropped => c.streams_dropped += 1,
+        sse::Outcome::Aborted => c.streams_aborted += 1,
+    }
 }
 
 #[cfg(test)]
@@ -1096,5 +1245,37 @@ mod tests {
             b.headers.unwrap().get("Set-Cookie").map(String::as_str),
             Some("a=1")
         );
+    }
+
+    #[test]
+    fn stream_settings_are_validated_and_drop_after_is_nullable() {
+        let cur = Behaviour::default();
+        for bad in [
+            r#"{"stream":"yes"}"#,
+            r#"{"stream":null}"#,
+            r#"{"stream_chunks":0}"#,
+            r#"{"stream_chunks":10001}"#,
+            r#"{"stream_chunks":-1}"#,
+            r#"{"stream_delay_ms":60001}"#,
+            r#"{"stream_delay_ms":1.5}"#,
+            r#"{"stream_usage":null}"#,
+            r#"{"stream_drop_after":-1}"#,
+            r#"{"stream_drop_after":4294967296}"#,
+        ] {
+            assert!(apply_update(&cur, bad.as_bytes()).is_err(), "{bad}");
+        }
+        let (b, _) = apply_update(
+            &cur,
+            br#"{"stream":true,"stream_chunks":10000,"stream_delay_ms":60000,"stream_usage":false,"stream_drop_after":3}"#,
+        )
+        .unwrap();
+        assert!(b.stream && !b.stream_usage);
+        assert_eq!(
+            (b.stream_chunks, b.stream_delay_ms, b.stream_drop_after),
+            (10000, 60000, Some(3))
+        );
+        let (b, _) = apply_update(&b, br#"{"stream_drop_after":null}"#).unwrap();
+        assert_eq!(b.stream_drop_after, None);
+        assert!(b.stream, "other fields kept");
     }
 }

@@ -413,7 +413,9 @@ fn control_put_merges_partial_updates_and_answers_the_full_state() {
         v["config"],
         json!({
             "latency_ms": 5, "status": 500, "failure_rate": 0.0, "drop_connection": false,
-            "retry_after_s": null, "completion_tokens": 16, "body": null, "headers": null
+            "retry_after_s": null, "completion_tokens": 16, "body": null, "headers": null,
+            "stream": false, "stream_chunks": 10, "stream_delay_ms": 100, "stream_usage": true,
+            "stream_drop_after": null
         })
     );
     assert_eq!(v["counters"]["requests"], 0);
@@ -481,7 +483,8 @@ fn counters_count_calls_but_not_control_calls_or_health_probes() {
         *c,
         json!({
             "requests": 5, "successes": 3, "failures": 2, "dropped": 0, "health_checks": 2,
-            "authorized": 3, "last_authorization": "Bearer k"
+            "authorized": 3, "last_authorization": "Bearer k", "streams": 0,
+            "streams_completed": 0, "streams_dropped": 0, "streams_aborted": 0
         })
     );
 }
