@@ -68,7 +68,10 @@ impl Books {
             let values = vec![
                 (
                     "cache_hit".to_string(),
-                    f64::from(u8::from(r.cache == CacheOutcome::Hit)),
+                    f64::from(u8::from(matches!(
+                        r.cache,
+                        CacheOutcome::Hit | CacheOutcome::Stale
+                    ))),
                 ),
                 ("latency_ms".to_string(), f64::from(r.latency_ms)),
                 ("error".to_string(), f64::from(u8::from(r.status >= 500))),
@@ -259,10 +262,10 @@ pub async fn proxy(
         }
         Ok(resp)
     };
-    let serve_cached = |c: Cached, label: &str| -> AppResult<Response> {
+    let serve_cached = |c: Cached, label: &str, outcome: CacheOutcome| -> AppResult<Response> {
         let (resp, status) = cached_response(c)?;
         let latency_ms = elapsed_ms(started);
-        books.observe(ctx, books.record(status, CacheOutcome::Hit, latency_ms));
+        books.observe(ctx, books.record(status, outcome, latency_ms));
         decorate(resp, label, None, 0, latency_ms)
     };
 
@@ -289,8 +292,8 @@ pub async fn proxy(
                 .set("Server-Timing", &format!("gateway;dur={latency_ms}"))?;
             return Ok(resp);
         }
-        Start::Hit(c) => return serve_cached(c, "HIT"),
-        Start::Stale(c) => return serve_cached(c, "STALE"),
+        Start::Hit(c) => return serve_cached(c, "HIT", CacheOutcome::Hit),
+        Start::Stale(c) => return serve_cached(c, "STALE", CacheOutcome::Stale),
         Start::Forward { stale_if_error } => stale_if_error,
     };
 
@@ -384,7 +387,7 @@ pub async fn proxy(
         }
         Walked::Other(Step::Stale(c)) => {
             let (resp, status) = cached_response(c)?;
-            ctx.wait_until(books.settle(p, None, status, CacheOutcome::Hit, latency_ms));
+            ctx.wait_until(books.settle(p, None, status, CacheOutcome::Stale, latency_ms));
             return decorate(resp, "STALE", None, attempts.len(), latency_ms);
         }
         Walked::Other(Step::Fail(f)) => {

@@ -334,3 +334,229 @@ fn least_latency_sends_most_traffic_to_the_fastest_provider() {
         "least_latency"
     );
 }
+
+/// The exact bytes the mock streams: `n` content events, the usage event, `[DONE]`.
+fn mock_events(n: usize, prompt_tokens: u64) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(&format!("data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"mock\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"));
+    }
+    s.push_str(&format!("data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"mock\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n", prompt_tokens + n as u64));
+    s.push_str("data: [DONE]\n\n");
+    s
+}
+
+/// A streamed POST read as it arrives: (status, headers, bytes, offsets of each read since the
+/// request was sent, whether the body ended cleanly).
+struct Streamed {
+    status: u16,
+    cache: Option<String>,
+    provider: Option<String>,
+    content_type: Option<String>,
+    bytes: Vec<u8>,
+    first_byte: Duration,
+    total: Duration,
+    clean: bool,
+}
+
+fn stream_post(path: &str, body: &[u8], headers: &[(&str, &str)]) -> Streamed {
+    use std::io::Read;
+    let url = shared().rt.url(path);
+    let mut req = ureq::post(&url).set("Content-Type", "application/json");
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let t0 = std::time::Instant::now();
+    let resp = match req.send_bytes(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let h = |n: &str| resp.header(n).map(str::to_string);
+    let (status, cache, provider, content_type) = (
+        resp.status(),
+        h("x-cache"),
+        h("x-provider"),
+        h("content-type"),
+    );
+    let mut reader = resp.into_reader();
+    let (mut bytes, mut buf, mut first_byte, mut clean) = (Vec::new(), [0u8; 4096], None, true);
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                first_byte.get_or_insert_with(|| t0.elapsed());
+                bytes.extend_from_slice(&buf[..n]);
+            }
+            Err(_) => {
+                clean = false;
+                break;
+            }
+        }
+    }
+    Streamed {
+        status,
+        cache,
+        provider,
+        content_type,
+        bytes,
+        first_byte: first_byte.unwrap_or_default(),
+        total: t0.elapsed(),
+        clean,
+    }
+}
+
+#[test]
+fn a_streamed_answer_arrives_chunk_by_chunk_is_metered_and_then_served_from_cache() {
+    let rt = &shared().rt;
+    let (g, names) = group(
+        &[("streamer", 1)],
+        // $1 per 1 000 tokens each way: the cost shows at /metrics' 4-decimal precision.
+        json!({"cost_per_1k_input_micro_usd": 1_000_000, "cost_per_1k_output_micro_usd": 1_000_000}),
+    );
+    control(
+        &names[0],
+        json!({"stream": true, "stream_chunks": 10, "stream_delay_ms": 100,
+               "headers": {"Cache-Control": "max-age=60"}}),
+    );
+    let body = format!(
+        r#"{{"model":"m","stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        unique("hi")
+    );
+    let prompt_tokens = (body.len() as u64).div_ceil(4).max(1);
+    let want = mock_events(10, prompt_tokens);
+    let path = format!("/v1/proxy/{g}/v1/chat/completions");
+    let first = stream_post(&path, body.as_bytes(), &[]);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.cache.as_deref(), Some("MISS"));
+    assert_eq!(first.provider.as_deref(), Some(names[0].as_str()));
+    assert!(first
+        .content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("text/event-stream")));
+    assert!(first.clean);
+    assert_eq!(
+        String::from_utf8_lossy(&first.bytes),
+        want,
+        "byte-identical, in order"
+    );
+    assert!(
+        first.total >= Duration::from_millis(900),
+        "10 chunks 100 ms apart: {:?}",
+        first.total
+    );
+    eprintln!(
+        "streamed: first byte {:?}, total {:?}",
+        first.first_byte, first.total
+    );
+    assert!(
+        first.first_byte * 2 < first.total,
+        "the first chunk arrives before the stream ends: first byte {:?} of {:?}",
+        first.first_byte,
+        first.total
+    );
+    // The usage of the final event is reported and costed once the stream has ended.
+    let cost = (prompt_tokens + 10) * 1000;
+    let v = eventually(Duration::from_secs(10), "the stream's usage", || {
+        let v = rt.get(&format!("/v1/providers/{g}")).json();
+        (v["providers"][0]["health"]["requests"] == 1).then_some(v)
+    });
+    let h = &v["providers"][0]["health"];
+    assert_eq!(h["output_tokens"], 10);
+    assert_eq!(h["input_tokens"], prompt_tokens);
+    assert_eq!(h["cost_micro_usd"], cost);
+    let provider = format!("{g}/{}", names[0]);
+    eventually(
+        Duration::from_secs(15),
+        "the stream's cost in /metrics",
+        || {
+            let m = rt.get("/metrics?period=1h").json();
+            let p = m["providers"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == provider.as_str())?
+                .clone();
+            let usd = p["costUsd"].as_f64()?;
+            ((usd - cost as f64 / 1e6).abs() < 1e-9 && p["requests"] == 1).then_some(())
+        },
+    );
+    // The completed stream was cached: the same request is a HIT with the same bytes.
+    let again = eventually(Duration::from_secs(5), "the stream to be cached", || {
+        let r = stream_post(&path, body.as_bytes(), &[]);
+        (r.cache.as_deref() == Some("HIT")).then_some(r)
+    });
+    assert_eq!(again.bytes, first.bytes);
+    assert_eq!(mock_counters(&names[0])["streams_completed"], 1);
+}
+
+#[test]
+fn a_stream_dropped_mid_way_is_truncated_never_retried_and_counted_against_its_provider() {
+    let rt = &shared().rt;
+    let (g, names) = group(&[("dropper", 1), ("spare", 1)], json!({}));
+    control(
+        &names[0],
+        json!({"stream": true, "stream_chunks": 10, "stream_delay_ms": 50, "stream_drop_after": 3}),
+    );
+    let body = br#"{"model":"m","stream":true,"messages":[]}"#;
+    // Opted in to retries: failover would be allowed before the first byte, never after.
+    let r = stream_post(
+        &format!("/v1/proxy/{g}/v1/chat/completions"),
+        body,
+        &[("X-Gateway-Retry", "true")],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.provider.as_deref(), Some(names[0].as_str()));
+    let text = String::from_utf8_lossy(&r.bytes).to_string();
+    let full = mock_events(10, 1);
+    assert!(
+        !r.clean || !text.contains("[DONE]"),
+        "the client sees a truncated stream: {text}"
+    );
+    let three: String = full.split_inclusive("\n\n").take(3).collect();
+    assert_eq!(text, three, "exactly the 3 events sent before the drop");
+    assert_eq!(
+        mock_counters(&names[1])["requests"],
+        0,
+        "no retry after the first byte"
+    );
+    let v = eventually(Duration::from_secs(10), "the failure to be counted", || {
+        let v = rt.get(&format!("/v1/providers/{g}")).json();
+        (v["providers"][0]["health"]["failures"] == 1).then_some(v)
+    });
+    assert_eq!(v["providers"][0]["health"]["connection_errors"], 1);
+    assert_eq!(v["providers"][0]["health"]["successes"], 0);
+}
+
+#[test]
+fn the_query_string_is_part_of_the_cache_key() {
+    let rt = &shared().rt;
+    let (g, _) = group(&[("pages", 1)], json!({}));
+    let path = format!("/v1/proxy/{g}/items");
+    assert_eq!(
+        rt.get(&format!("{path}?page=1")).header("x-cache"),
+        Some("MISS")
+    );
+    let hit = eventually(Duration::from_secs(5), "page 1 to be cached", || {
+        let r = rt.get(&format!("{path}?page=1"));
+        (r.header("x-cache") == Some("HIT")).then_some(r)
+    });
+    assert_eq!(hit.status, 200);
+    assert_eq!(
+        rt.get(&format!("{path}?page=2")).header("x-cache"),
+        Some("MISS"),
+        "page 2 is not page 1's entry"
+    );
+}
+
+#[test]
+fn failures_are_counted_by_class() {
+    let rt = &shared().rt;
+    let (g, names) = group(&[("erring", 1)], json!({}));
+    control(&names[0], json!({"failure_rate": 1.0, "status": 500}));
+    rt.get(&format!("/v1/proxy/{g}/x")).assert_problem(502);
+    let v = eventually(Duration::from_secs(10), "the 5xx to be counted", || {
+        let v = rt.get(&format!("/v1/providers/{g}")).json();
+        (v["providers"][0]["health"]["failures"] == 1).then_some(v)
+    });
+    assert_eq!(v["providers"][0]["health"]["server_errors"], 1);
+}
