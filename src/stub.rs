@@ -39,7 +39,7 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     let req = Request::new_with_init("https://do/rpc", &init)?;
     let mut resp = stub.fetch_with_request(req).await?;
     let bytes = resp.bytes().await?;
-    let reply: Reply<Resp> = protocol::decode(&bytes).map_err(AppError)?;
+    let reply: Reply<Resp> = protocol::decode_reply(&bytes).map_err(AppError)?;
     reply.map_err(|e: WireError| AppError(e.into_error()))
 }
 

@@ -4,6 +4,8 @@
 //!
 //! A rate-limit denial is **not** an error: it is a `Decision` value.
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 /// Every way a request can fail.
@@ -12,8 +14,10 @@ pub enum GatewayError {
     /// The request is malformed (bad JSON, wrong type, out-of-range value): fix the request.
     #[error("{detail}")]
     BadRequest {
-        /// Short machine-readable slug, e.g. `invalid-json`.
-        kind: &'static str,
+        /// Short machine-readable slug, e.g. `invalid-json`. Borrowed when raised here, owned
+        /// when rebuilt from an object's [`crate::protocol::WireError`], so any slug an object
+        /// raised reaches the client unchanged.
+        kind: Cow<'static, str>,
         /// What is wrong, for a human.
         detail: String,
     },
@@ -32,7 +36,7 @@ pub enum GatewayError {
         /// The method that was used.
         method: String,
         /// Comma-separated allowed methods (goes into the `Allow` header).
-        allowed: &'static str,
+        allowed: Cow<'static, str>,
     },
     /// The body is larger than the configured limit.
     #[error("request body exceeds the limit of {limit} bytes")]
@@ -65,7 +69,7 @@ impl GatewayError {
     /// Shorthand for a [`GatewayError::BadRequest`].
     pub fn bad_request(kind: &'static str, detail: impl Into<String>) -> Self {
         GatewayError::BadRequest {
-            kind,
+            kind: Cow::Borrowed(kind),
             detail: detail.into(),
         }
     }
@@ -89,7 +93,7 @@ impl GatewayError {
     }
 
     /// The slug used in the problem `type` URI.
-    pub fn slug(&self) -> &'static str {
+    pub fn slug(&self) -> &str {
         match self {
             GatewayError::BadRequest { kind, .. } => kind,
             GatewayError::Unauthorized => "unauthorized",

@@ -80,7 +80,7 @@ mod tests {
             GatewayError::NotFound("x".into()),
             GatewayError::MethodNotAllowed {
                 method: "GET".into(),
-                allowed: "POST",
+                allowed: "POST".into(),
             },
             GatewayError::PayloadTooLarge { limit: 1 },
             GatewayError::Conflict("x".into()),

@@ -169,7 +169,7 @@ impl Route {
 fn not_allowed(method: &str, allowed: &'static str) -> GatewayError {
     GatewayError::MethodNotAllowed {
         method: method.to_string(),
-        allowed,
+        allowed: allowed.into(),
     }
 }
 
