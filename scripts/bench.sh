@@ -87,4 +87,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
+echo "==> streamed proxy route: time to first byte, gateway against the mock upstream"
+python3 scripts/bench_stream.py "$B" "http://127.0.0.1:$MOCK_PORT" "$OUT/stream.json" "$ROUNDS" 20
+
 python3 scripts/bench_report.py "$OUT" "$ROUNDS" "$CONNS" "$DURATION"
