@@ -24,6 +24,9 @@ use std::fmt::Debug;
 
 use gateway_core::alarm::AlarmStats;
 use gateway_core::balancer::sketch::LatencySketch;
+use gateway_core::balancer::{
+    Circuit, ErrorClass, Outcome, Pick, Preference, ProviderHealth, ProviderSpec, Strategy,
+};
 use gateway_core::cache::CacheCounters;
 use gateway_core::experiment::stats::TestResult;
 use gateway_core::experiment::{
@@ -36,9 +39,6 @@ use gateway_core::observe::alerts::{
 use gateway_core::observe::export::Issue;
 use gateway_core::observe::series::{Lifetime, Period};
 use gateway_core::observe::{Agg, CacheOutcome, ProviderAgg, Record, TopEntry, TopKeys};
-use gateway_core::balancer::{
-    Circuit, ErrorClass, Outcome, Pick, Preference, ProviderHealth, ProviderSpec, Strategy,
-};
 use gateway_core::protocol::{
     self, aggregator, cache, experiment, providers, ratelimit, ObjectStats, Reply, WireError,
 };
