@@ -12,8 +12,10 @@ use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures::Stream;
 use gateway_core::balancer::Pick;
-use gateway_core::proxy::{End, Head, Meter, Metered, FORWARD};
-use worker::{AbortController, ByteStream, Delay, Fetch, Headers, Method, Request, RequestInit};
+use gateway_core::proxy::{Body, Delivery, End, Head, Meter, Metered, Plan, Step, FORWARD};
+use worker::{
+    AbortController, ByteStream, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response,
+};
 
 /// The parts of the client's request that go upstream.
 pub struct Outgoing {
@@ -180,5 +182,65 @@ impl Stream for Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.end(End::ClientGone);
+    }
+}
+
+fn elapsed_ms(t0: f64) -> u32 {
+    (js_sys::Date::now() - t0).max(0.0) as u32
+}
+
+/// Where the walk over the candidates ended.
+pub enum Walked {
+    /// An answer for the client (body buffered or relayed; status and headers still to set),
+    /// and the receiver of what its body did once it ends.
+    Delivered(Delivery, Response, oneshot::Receiver<Metered>),
+    /// No answer to pass on: a failure or the stale copy.
+    Other(Step),
+}
+
+/// Walks the plan's ranked candidates: forward, let the plan judge the head, fail over; a
+/// known-length body is read whole (a failure there still fails over), any other is relayed.
+pub async fn walk(env: &Env, p: &mut Plan, out: &Outgoing) -> worker::Result<Walked> {
+    let mut step = p.first_step();
+    loop {
+        let Step::Forward(i) = step else {
+            return Ok(Walked::Other(step));
+        };
+        let Some(pick) = p.candidate(i).cloned() else {
+            return Ok(Walked::Other(p.on_body_failed(false)));
+        };
+        let secret = pick
+            .secret
+            .as_deref()
+            .and_then(|n| crate::config::var(env, n));
+        let t0 = js_sys::Date::now();
+        let (head, resp) = send(&pick, secret, out).await;
+        step = p.on_head(head, elapsed_ms(t0));
+        let (d, mut resp) = match (step, resp) {
+            (Step::Deliver(d), Some(resp)) => (d, resp),
+            (Step::Deliver(_), None) => {
+                step = p.on_body_failed(false);
+                continue;
+            }
+            (other, _) => {
+                step = other;
+                continue;
+            }
+        };
+        let mut meter = Meter::new(d.content_type.as_deref(), d.collect);
+        if d.body == Body::Stream {
+            let (relay, rx) = Relay::new(resp.stream()?, meter, pick.timeout_ms);
+            return Ok(Walked::Delivered(d, Response::from_stream(relay)?, rx));
+        }
+        let left = pick.timeout_ms.saturating_sub(u64::from(elapsed_ms(t0)));
+        match read_all(&mut resp, left).await {
+            Ok(bytes) => {
+                meter.feed(&bytes);
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(meter.finish(End::Completed));
+                return Ok(Walked::Delivered(d, Response::from_bytes(bytes)?, rx));
+            }
+            Err(timed_out) => step = p.on_body_failed(timed_out),
+        }
     }
 }

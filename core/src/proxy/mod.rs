@@ -30,6 +30,8 @@ pub use meter::{End, Meter, Metered, Usage};
 
 use crate::balancer::{ErrorClass, Outcome, Pick};
 use crate::cache::policy::{storable, Storable};
+use crate::config::Config;
+use crate::observe::{CacheOutcome, Record};
 use crate::protocol::cache::{Cached, PutSpec, Response as CacheResponse};
 use crate::GatewayError;
 
@@ -139,6 +141,56 @@ pub struct Settings {
     pub max_buffer_bytes: usize,
 }
 
+impl Settings {
+    /// The settings of one request to `group`: `cacheable` when it has a cache key; an
+    /// experiment arm's `cache_ttl_s` replaces the default TTL.
+    pub fn new(cfg: &Config, group: &str, cacheable: bool, arm_ttl_s: Option<u64>) -> Settings {
+        Settings {
+            group: group.to_string(),
+            max_attempts: MAX_ATTEMPTS,
+            cacheable,
+            default_ttl_s: arm_ttl_s.unwrap_or(cfg.cache_default_ttl_s),
+            negative_ttl_s: cfg.cache_negative_ttl_s,
+            max_buffer_bytes: cfg.proxy_buffer_max_bytes,
+        }
+    }
+}
+
+/// The record of a proxied request before its upstream part ([`Settlement::record`]).
+pub fn record(
+    at: crate::UnixMillis,
+    group: &str,
+    path: &str,
+    status: u16,
+    cache: CacheOutcome,
+    latency_ms: u32,
+) -> Record {
+    Record {
+        at,
+        status,
+        latency_ms,
+        cache,
+        rate_limited: false,
+        upstream_calls: 0,
+        key: Record::key_for(group, path),
+        provider: None,
+        provider_latency_ms: 0,
+        provider_error: false,
+        cost_micro_usd: 0,
+    }
+}
+
+/// The outcome values a proxied request reports to its experiment cohort.
+pub fn cohort_values(r: &Record) -> Vec<(String, f64)> {
+    let hit = matches!(r.cache, CacheOutcome::Hit | CacheOutcome::Stale);
+    vec![
+        ("cache_hit".to_string(), f64::from(u8::from(hit))),
+        ("latency_ms".to_string(), f64::from(r.latency_ms)),
+        ("error".to_string(), f64::from(u8::from(r.status >= 500))),
+        ("cost_usd".to_string(), r.cost_micro_usd as f64 / 1e6),
+    ]
+}
+
 /// An upstream answer head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Head {
@@ -229,6 +281,22 @@ pub struct Settlement {
     pub last: Option<(String, Outcome)>,
     /// Providers tried.
     pub attempts: usize,
+}
+
+impl Settlement {
+    /// `r` with the upstream part of the request's record: calls made, the last provider
+    /// (`group/name`), its latency and error, and the cost.
+    pub fn record(&self, group: &str, r: Record) -> Record {
+        let last = self.last.as_ref();
+        Record {
+            upstream_calls: u8::try_from(self.attempts).unwrap_or(u8::MAX),
+            provider: last.map(|(p, _)| format!("{group}/{p}")),
+            provider_latency_ms: last.map_or(0, |(_, o)| o.latency_ms),
+            provider_error: last.is_some_and(|(_, o)| !o.ok),
+            cost_micro_usd: self.cost_micro_usd,
+            ..r
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -495,6 +563,15 @@ impl Plan {
             .map(|t| (t.candidate, t.outcome))
             .collect();
         let mut fill = None;
+        // A delivered body whose end was never reported is counted as a client that left.
+        let body = body.or_else(|| {
+            self.delivering.as_ref().map(|_| Metered {
+                end: End::ClientGone,
+                bytes: 0,
+                usage: None,
+                body: None,
+            })
+        });
         if let (Some(d), Some(m)) = (&self.delivering, body) {
             let mut o = d.outcome;
             match m.end {

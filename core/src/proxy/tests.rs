@@ -421,3 +421,60 @@ fn only_storable_answers_within_the_cap_are_filled() {
     assert!(negative.spec.negative && negative.spec.ttl_ms == 10_000);
     assert_eq!(fill_of(400, &[], b"bad", true).1, None);
 }
+
+#[test]
+fn the_record_and_cohort_values_carry_the_settlement() {
+    let mut p = plan("GET", false, 2);
+    p.first_step();
+    p.on_head(answer(503, &[]), 5);
+    p.on_head(answer(200, &[]), 7);
+    let s = p.settle(Some(completed(b"{}", None)));
+    let r = s.record(
+        "g",
+        record(crate::UnixMillis(1), "g", "x", 200, CacheOutcome::Miss, 9),
+    );
+    assert_eq!(
+        (
+            r.upstream_calls,
+            r.provider.as_deref(),
+            r.provider_latency_ms,
+            r.provider_error
+        ),
+        (2, Some("g/b"), 7, false)
+    );
+    assert_eq!(
+        (r.cost_micro_usd, r.key.as_str(), r.latency_ms),
+        (20, "g/x", 9)
+    );
+    let v = cohort_values(&Record { status: 502, ..r });
+    assert_eq!(
+        v,
+        vec![
+            ("cache_hit".to_string(), 0.0),
+            ("latency_ms".to_string(), 9.0),
+            ("error".to_string(), 1.0),
+            ("cost_usd".to_string(), 20.0 / 1e6)
+        ]
+    );
+    let hit = record(crate::UnixMillis(1), "g", "x", 200, CacheOutcome::Stale, 1);
+    assert_eq!(
+        cohort_values(&hit)[0].1,
+        1.0,
+        "a stale serve is a cache hit"
+    );
+}
+
+#[test]
+fn a_delivery_whose_end_is_lost_still_settles_its_reservation() {
+    let mut p = plan("GET", false, 2);
+    p.first_step();
+    p.on_head(answer(200, &[("content-type", "text/event-stream")]), 3);
+    let s = p.settle(None);
+    assert_eq!(
+        s.outcomes.len(),
+        1,
+        "reported, so its in-flight reservation ends"
+    );
+    assert!(s.outcomes[0].1.ok && s.fill.is_none());
+    assert_eq!(s.released, vec![("b".to_string(), false)]);
+}
