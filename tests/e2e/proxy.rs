@@ -560,3 +560,42 @@ fn failures_are_counted_by_class() {
     });
     assert_eq!(v["providers"][0]["health"]["server_errors"], 1);
 }
+
+#[test]
+fn a_client_that_leaves_mid_stream_cancels_the_upstream() {
+    use std::io::Read;
+    let rt = &shared().rt;
+    let (g, names) = group(&[("long", 1)], json!({}));
+    // 50 chunks 100 ms apart: 5 s if nobody cancels it.
+    control(
+        &names[0],
+        json!({"stream": true, "stream_chunks": 50, "stream_delay_ms": 100}),
+    );
+    let url = rt.url(&format!("/v1/proxy/{g}/v1/chat/completions"));
+    let t0 = std::time::Instant::now();
+    let resp = ureq::post(&url)
+        .set("Content-Type", "application/json")
+        .send_bytes(br#"{"stream":true}"#)
+        .expect("a streamed answer");
+    let mut reader = resp.into_reader();
+    let mut first = [0u8; 64];
+    assert!(reader.read(&mut first).expect("the first chunk") > 0);
+    drop(reader); // the client goes away after the first chunk
+    eventually(
+        Duration::from_secs(4),
+        "the upstream stream to be cancelled",
+        || (mock_counters(&names[0])["streams_aborted"] == 1).then_some(()),
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "cancelled, not finished"
+    );
+    assert_eq!(mock_counters(&names[0])["streams_completed"], 0);
+    // Leaving is not the provider's failure.
+    let v = eventually(Duration::from_secs(10), "the outcome to be settled", || {
+        let v = rt.get(&format!("/v1/providers/{g}")).json();
+        (v["providers"][0]["health"]["requests"] == 1).then_some(v)
+    });
+    assert_eq!(v["providers"][0]["health"]["failures"], 0);
+    assert_eq!(v["providers"][0]["health"]["in_flight"], 0);
+}
