@@ -32,7 +32,7 @@ use worker::{
     RequestInit, Response, State,
 };
 
-use super::{col, decode_blob, encode_blob, int, migrations, now, Base, Db};
+use super::{col, decode_blob, encode_blob, int, migrations, now, Base, Db, Wake};
 
 /// Batch ids are remembered this long (a retried delivery arrives well within it).
 const BATCH_MEMORY_MS: i64 = 600_000;
@@ -42,7 +42,6 @@ const DAY_MS: i64 = 86_400_000;
 #[durable_object(alarm)]
 pub struct AggregatorDO {
     base: Base,
-    env: Env,
     shard: RefCell<Option<Shard>>,
     root: RefCell<Option<RootState>>,
 }
@@ -81,7 +80,7 @@ fn buckets(db: &Db, table: &str) -> Result<Vec<(UnixMillis, Agg)>, GatewayError>
 
 impl AggregatorDO {
     fn cfg(&self) -> Result<std::rc::Rc<gateway_core::config::Config>, GatewayError> {
-        super::config(&self.env)
+        self.base.cfg()
     }
 
     fn interval(&self) -> u64 {
@@ -240,7 +239,7 @@ impl AggregatorDO {
             let name = format!("aggregator:{i}");
             async move {
                 crate::stub::call::<_, Reply>(
-                    &self.env,
+                    &self.base.env,
                     crate::stub::binding::AGGREGATOR,
                     &name,
                     &msg,
@@ -545,7 +544,7 @@ impl AggregatorDO {
         self.base.record_alarm_run(&db, now)?;
         // The root's alarm runs forever once woken; waking it is idempotent.
         let _ = crate::stub::call::<_, Reply>(
-            &self.env,
+            &self.base.env,
             crate::stub::binding::AGGREGATOR,
             ROOT,
             &Request::Wake,
@@ -578,23 +577,23 @@ async fn post_json(url: &str, payload: &str, timeout_ms: u64) -> bool {
 impl DurableObject for AggregatorDO {
     fn new(state: State, env: Env) -> Self {
         AggregatorDO {
-            base: Base::new(state),
-            env,
+            base: Base::new(state, env),
             shard: RefCell::new(None),
             root: RefCell::new(None),
         }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        let bytes = req.bytes().await?;
-        let now = now();
-        let result = match super::decode_request::<Request>(&bytes) {
-            // `Run` awaits other objects and webhooks: it takes the asynchronous path.
-            Ok(Request::Run) => self.run_root(now).await.map(|r| (Reply::Ran(r), true)),
-            Ok(msg) => self.handle(msg, now),
-            Err(e) => Err(e),
-        };
-        self.base.answer(now, self.interval(), result).await
+        self.base
+            .serve(&mut req, self.interval(), |msg, now| async move {
+                let result = match msg {
+                    // `Run` awaits other objects and webhooks.
+                    Request::Run => self.run_root(now).await.map(|r| (Reply::Ran(r), true)),
+                    msg => self.handle(msg, now),
+                };
+                result.map(|(r, changed)| (r, Wake::from(changed)))
+            })
+            .await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {

@@ -25,7 +25,7 @@ use gateway_core::protocol::cache::{Cached, Request, Response as Reply, Stats};
 use gateway_core::{GatewayError, UnixMillis};
 use worker::{durable_object, Delay, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{blob, col, int, migrations, now, text, Base, Db};
+use super::{migrations, now, Base, Db, Lazy, Wake};
 
 type Entry = (Vec<u8>, Option<String>);
 
@@ -40,8 +40,7 @@ enum GetStep {
 #[durable_object(alarm)]
 pub struct CacheShardDO {
     base: Base,
-    env: Env,
-    cache: RefCell<Option<LruTtlCache<Entry>>>,
+    cache: Lazy<LruTtlCache<Entry>>,
     touched: RefCell<HashSet<String>>,
     leases: RefCell<Leases>,
     waiters: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
@@ -61,35 +60,37 @@ fn cached(value: &Entry, meta: &EntryMeta, age_ms: u64, ttl_left_ms: u64) -> Cac
 
 impl CacheShardDO {
     fn cfg(&self) -> Result<std::rc::Rc<Config>, GatewayError> {
-        super::config(&self.env)
+        self.base.cfg()
     }
 
-    /// Loads the index from SQLite on first use.
-    fn loaded(&self, db: &Db, now: UnixMillis) -> Result<(), GatewayError> {
-        if self.cache.borrow().is_some() {
-            return Ok(());
-        }
+    /// Loads the index from SQLite (on first use).
+    fn load(&self, db: &Db, now: UnixMillis) -> Result<LruTtlCache<Entry>, GatewayError> {
         let cfg = self.cfg()?;
         let mut cache = LruTtlCache::new(cfg.cache_max_entries, cfg.cache_max_bytes);
-        let rows = db.rows(
+        type Row = (
+            String,
+            Vec<u8>,
+            Option<String>,
+            i64,
+            i64,
+            u64,
+            u64,
+            bool,
+            String,
+        );
+        let rows: Vec<Row> = db.all(
             "SELECT key, value, content_type, stored_at, expires_at, stale_while_revalidate_ms, \
              stale_if_error_ms, negative, tags FROM entries WHERE evict_at > ? ORDER BY last_access ASC",
             vec![now.0.into()],
         )?;
         let mut dropped = Vec::new();
-        for row in rows {
-            let key =
-                text(col(&row, 0)?).ok_or_else(|| GatewayError::Internal("bad key".into()))?;
-            let value = blob(col(&row, 1)?).map(<[u8]>::to_vec).unwrap_or_default();
-            let content_type = text(col(&row, 2)?);
-            let n = |i: usize| col(&row, i).map(|v| int(v).unwrap_or(0));
-            let tags = text(col(&row, 8)?).unwrap_or_default();
+        for (key, value, content_type, stored_at, expires_at, swr, sie, negative, tags) in rows {
             let meta = EntryMeta {
-                stored_at: UnixMillis(n(3)?),
-                expires_at: UnixMillis(n(4)?),
-                stale_while_revalidate_ms: u64::try_from(n(5)?).unwrap_or(0),
-                stale_if_error_ms: u64::try_from(n(6)?).unwrap_or(0),
-                negative: n(7)? != 0,
+                stored_at: UnixMillis(stored_at),
+                expires_at: UnixMillis(expires_at),
+                stale_while_revalidate_ms: swr,
+                stale_if_error_ms: sie,
+                negative,
                 tags: tags
                     .split(',')
                     .filter(|t| !t.is_empty())
@@ -106,16 +107,13 @@ impl CacheShardDO {
         for key in dropped {
             db.exec("DELETE FROM entries WHERE key = ?", vec![key.into()])?;
         }
-        *self.cache.borrow_mut() = Some(cache);
-        Ok(())
+        Ok(cache)
     }
 
     /// The shard's SQLite and its loaded index, borrowed for one synchronous step.
     fn open(&self, now: UnixMillis) -> Result<(Db, RefMut<'_, LruTtlCache<Entry>>), GatewayError> {
         let db = self.base.db(migrations::CACHE_SHARD, now)?;
-        self.loaded(&db, now)?;
-        let cache = RefMut::filter_map(self.cache.borrow_mut(), Option::as_mut)
-            .map_err(|_| GatewayError::Internal("cache index not loaded".into()))?;
+        let cache = self.cache.get(|| self.load(&db, now))?;
         Ok((db, cache))
     }
 
@@ -285,26 +283,40 @@ impl CacheShardDO {
         Ok(Reply::Stored { evicted })
     }
 
-    fn handle_sync(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
+    async fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
         match msg {
+            Request::Get {
+                key,
+                allow_stale_if_error,
+                lease_ms,
+                wait_ms,
+            } => Ok((
+                self.get(key, allow_stale_if_error, lease_ms, wait_ms)
+                    .await?,
+                Wake::Idle,
+            )),
             Request::Put {
                 key,
                 value,
                 content_type,
                 spec,
-            } => Ok((self.put(key, value, content_type, spec, now)?, true)),
+            } => {
+                let reply = self.put(key, value, content_type, spec, now)?;
+                let deadline = self.cache.peek(LruTtlCache::next_deadline).flatten();
+                Ok((reply, Wake::By(deadline)))
+            }
             Request::Delete { key } => {
                 let (db, mut cache) = self.open(now)?;
                 let existed = cache.delete(&key);
                 db.exec("DELETE FROM entries WHERE key = ?", vec![key.into()])?;
-                Ok((Reply::Deleted { existed }, false))
+                Ok((Reply::Deleted { existed }, Wake::Idle))
             }
             Request::Purge { tags } => {
                 let (db, mut cache) = self.open(now)?;
                 let removed = cache.purge_tags(&tags);
                 drop(cache);
                 let n = self.delete_rows(&db, &removed)?;
-                Ok((Reply::Purged { removed: n }, false))
+                Ok((Reply::Purged { removed: n }, Wake::Idle))
             }
             Request::Stats => {
                 let (db, cache) = self.open(now)?;
@@ -321,10 +333,9 @@ impl CacheShardDO {
                         coalesced: self.coalesced.get(),
                         object: self.base.object_stats(&db)?,
                     }),
-                    false,
+                    Wake::Idle,
                 ))
             }
-            Request::Get { .. } => Err(GatewayError::Internal("get is asynchronous".into())),
         }
     }
 
@@ -362,9 +373,7 @@ impl CacheShardDO {
     }
 
     fn interval(&self) -> u64 {
-        self.cfg()
-            .map(|c| c.cache_sweep_interval_ms)
-            .unwrap_or(60_000)
+        self.base.interval(|c| c.cache_sweep_interval_ms)
     }
 
     /// The expiry sweep and access-time write-back; returns when to wake next.
@@ -399,9 +408,8 @@ impl CacheShardDO {
 impl DurableObject for CacheShardDO {
     fn new(state: State, env: Env) -> Self {
         CacheShardDO {
-            base: Base::new(state),
-            env,
-            cache: RefCell::new(None),
+            base: Base::new(state, env),
+            cache: Lazy::default(),
             touched: RefCell::new(HashSet::new()),
             leases: RefCell::new(Leases::default()),
             waiters: RefCell::new(HashMap::new()),
@@ -411,32 +419,9 @@ impl DurableObject for CacheShardDO {
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        let bytes = req.bytes().await?;
-        let now = now();
-        let result = match super::decode_request::<Request>(&bytes) {
-            Err(e) => Err(e),
-            Ok(Request::Get {
-                key,
-                allow_stale_if_error,
-                lease_ms,
-                wait_ms,
-            }) => self
-                .get(key, allow_stale_if_error, lease_ms, wait_ms)
-                .await
-                .map(|r| (r, false)),
-            Ok(msg) => self.handle_sync(msg, now),
-        };
-        if let Ok((_, true)) = &result {
-            let deadline = self
-                .cache
-                .borrow()
-                .as_ref()
-                .and_then(LruTtlCache::next_deadline);
-            self.base
-                .ensure_alarm(next_alarm(now, self.interval(), deadline))
-                .await?;
-        }
-        super::respond(result.map(|(r, _)| r))
+        self.base
+            .serve(&mut req, self.interval(), |msg, now| self.handle(msg, now))
+            .await
     }
 
     async fn alarm(&self) -> worker::Result<Response> {

@@ -20,7 +20,7 @@ use gateway_core::protocol::experiment::{
 use gateway_core::{GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{col, decode_blob, encode_blob, int, migrations, now, real, text, Base, Db};
+use super::{col, decode_blob, encode_blob, int, migrations, now, real, text, Base, Db, Wake};
 
 /// Layout of the stored definition (1: before metrics and guardrails).
 const LAYOUT: i64 = 2;
@@ -33,7 +33,6 @@ const MAX_VALUE: f64 = 1e12;
 #[durable_object(alarm)]
 pub struct ExperimentDO {
     base: Base,
-    env: Env,
     def: RefCell<Option<(String, ExperimentDef)>>,
 }
 
@@ -91,7 +90,7 @@ impl ExperimentDO {
                     "experiment {name} was deleted"
                 )));
             }
-            let cfg = super::config(&self.env)?;
+            let cfg = self.base.cfg()?;
             let def = cfg
                 .experiments
                 .get(name)
@@ -526,7 +525,8 @@ impl ExperimentDO {
     }
 
     fn interval(&self) -> u64 {
-        super::config(&self.env)
+        self.base
+            .cfg()
             .map(|c| c.experiment_analysis_interval_ms)
             .unwrap_or(60_000)
     }
@@ -625,15 +625,17 @@ fn promotion_reason(a: &Analysis, arm: &str) -> String {
 impl DurableObject for ExperimentDO {
     fn new(state: State, env: Env) -> Self {
         ExperimentDO {
-            base: Base::new(state),
-            env,
+            base: Base::new(state, env),
             def: RefCell::new(None),
         }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
         self.base
-            .serve(&mut req, self.interval(), |msg, now| self.handle(msg, now))
+            .serve(&mut req, self.interval(), |msg, now| async move {
+                self.handle(msg, now)
+                    .map(|(r, changed)| (r, Wake::from(changed)))
+            })
             .await
     }
 

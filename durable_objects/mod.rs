@@ -11,15 +11,24 @@ pub mod cache_shard;
 pub mod experiment;
 pub mod provider_health;
 pub mod rate_limiter;
+pub mod row;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell, RefMut};
+use std::future::Future;
+use std::rc::Rc;
+
+use gateway_core::config::Config;
 
 use gateway_core::alarm::AlarmStats;
 use gateway_core::migrate::{pending, Migration, BOOKKEEPING_SQL};
 use gateway_core::protocol::{self, ObjectStats, Reply, WireError};
 use gateway_core::{GatewayError, UnixMillis};
 use serde::Serialize;
-use worker::{Request as HttpRequest, Response, ScheduledTime, SqlStorage, SqlStorageValue, State};
+use worker::{
+    Env, Request as HttpRequest, Response, ScheduledTime, SqlStorage, SqlStorageValue, State,
+};
+
+pub use row::{Blob, FromRow};
 
 /// The migrations of each object, embedded at build time from `migrations/`.
 pub mod migrations {
@@ -98,6 +107,34 @@ impl Db {
     ) -> Result<Vec<Vec<SqlStorageValue>>, GatewayError> {
         let cursor = self.0.exec(query, binds).map_err(platform)?;
         cursor.raw().map(|r| r.map_err(platform)).collect()
+    }
+
+    /// Every row of a query as `T` (a corrupt row is an error, see [`row`]).
+    pub fn all<T: FromRow>(
+        &self,
+        query: &str,
+        binds: Vec<SqlStorageValue>,
+    ) -> Result<Vec<T>, GatewayError> {
+        let cursor = self.0.exec(query, binds).map_err(platform)?;
+        cursor
+            .raw()
+            .map(|r| T::from_row(&r.map_err(platform)?))
+            .collect()
+    }
+
+    /// The first row of a query as `T`, if any.
+    pub fn one<T: FromRow>(
+        &self,
+        query: &str,
+        binds: Vec<SqlStorageValue>,
+    ) -> Result<Option<T>, GatewayError> {
+        let cursor = self.0.exec(query, binds).map_err(platform)?;
+        let mut rows = cursor.raw();
+        let first = rows.next().map(|r| T::from_row(&r.map_err(platform)?));
+        for rest in rows {
+            rest.map_err(platform)?;
+        }
+        first.transpose()
     }
 
     /// The first column of the first row as an integer.
@@ -237,10 +274,83 @@ pub fn now() -> UnixMillis {
     UnixMillis(js_sys::Date::now() as i64)
 }
 
-/// State every adapter carries besides its component: schema and alarm flags.
+/// An adapter's in-memory copy of its state, loaded from SQLite on first use and kept for the
+/// life of the instance (storage stays the source of truth: [`Lazy::forget`] after a failed write
+/// makes the next request reload).
+pub struct Lazy<T>(RefCell<Option<T>>);
+
+impl<T> Default for Lazy<T> {
+    fn default() -> Self {
+        Lazy(RefCell::new(None))
+    }
+}
+
+impl<T> Lazy<T> {
+    /// The loaded value, borrowed for one synchronous step (never across an `.await`).
+    pub fn get(
+        &self,
+        load: impl FnOnce() -> Result<T, GatewayError>,
+    ) -> Result<RefMut<'_, T>, GatewayError> {
+        let mut slot = self.0.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(load()?);
+        }
+        // Always `Ok`: the slot was filled just above.
+        RefMut::filter_map(slot, Option::as_mut)
+            .map_err(|_| GatewayError::Internal("state failed to load".into()))
+    }
+
+    /// The value if it is loaded (for reads that must not load, e.g. an alarm deadline).
+    pub fn peek<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        self.0.borrow().as_ref().map(f)
+    }
+
+    /// Drops the copy: the next [`Lazy::get`] reloads from storage.
+    pub fn forget(&self) {
+        *self.0.borrow_mut() = None;
+    }
+
+    /// Runs a step that writes storage; if it fails, the copy (which may have run ahead of
+    /// storage) is dropped so the next request reloads.
+    pub fn write<R>(
+        &self,
+        step: impl FnOnce() -> Result<R, GatewayError>,
+    ) -> Result<R, GatewayError> {
+        let out = step();
+        if out.is_err() {
+            self.forget();
+        }
+        out
+    }
+}
+
+/// What a handled request asks of the alarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Nothing changed that needs the alarm.
+    Idle,
+    /// State changed: make sure the periodic alarm is armed.
+    Periodic,
+    /// State changed with a deadline of its own: arm for it or the period, whichever is sooner.
+    By(Option<UnixMillis>),
+}
+
+impl From<bool> for Wake {
+    fn from(changed: bool) -> Self {
+        if changed {
+            Wake::Periodic
+        } else {
+            Wake::Idle
+        }
+    }
+}
+
+/// State every adapter carries besides its component: environment, schema and alarm flags.
 pub struct Base {
     /// The platform state.
     pub state: State,
+    /// The bindings (configuration is read through [`Base::cfg`]).
+    pub env: Env,
     /// Schema version once migrated (0 before).
     schema: Cell<u32>,
     /// Whether an alarm is known to be set.
@@ -248,12 +358,28 @@ pub struct Base {
 }
 
 impl Base {
-    /// Wraps the object's state.
-    pub fn new(state: State) -> Self {
+    /// Wraps the object's state and bindings.
+    pub fn new(state: State, env: Env) -> Self {
         Base {
             state,
+            env,
             schema: Cell::new(0),
             alarm_armed: Cell::new(false),
+        }
+    }
+
+    /// The configuration (parsed once per isolate).
+    pub fn cfg(&self) -> Result<Rc<Config>, GatewayError> {
+        crate::config::config(&self.env)
+    }
+
+    /// An alarm period from the configuration. If the configuration does not parse (every
+    /// request then answers that error), the default of the same setting is used so the alarm
+    /// keeps running: the period has one source, `Config`.
+    pub fn interval(&self, pick: fn(&Config) -> u64) -> u64 {
+        match self.cfg() {
+            Ok(c) => pick(&c),
+            Err(_) => Config::from_lookup(&|_| None).map_or(60_000, |c| pick(&c)),
         }
     }
 
@@ -301,30 +427,34 @@ impl Base {
     }
 
     /// The request shape every adapter shares: read the body, read the time once, decode, make
-    /// one synchronous call (`handle` returns the reply and whether state changed), arm the
-    /// periodic alarm when state changed and none is set, answer.
-    pub async fn serve<M: serde::de::DeserializeOwned, R: Serialize>(
+    /// the call (`handle` returns the reply and what it asks of the alarm; it may await, e.g. a
+    /// cache read that waits for a fill or a root that collects its shards), arm the alarm when
+    /// asked and none is set, answer.
+    pub async fn serve<M, R, F, Fut>(
         &self,
         req: &mut HttpRequest,
         interval_ms: u64,
-        handle: impl FnOnce(M, UnixMillis) -> Result<(R, bool), GatewayError>,
-    ) -> worker::Result<Response> {
+        handle: F,
+    ) -> worker::Result<Response>
+    where
+        M: serde::de::DeserializeOwned,
+        R: Serialize,
+        F: FnOnce(M, UnixMillis) -> Fut,
+        Fut: Future<Output = Result<(R, Wake), GatewayError>>,
+    {
         let bytes = req.bytes().await?;
         let now = now();
-        let result = decode_request(&bytes).and_then(|msg| handle(msg, now));
-        self.answer(now, interval_ms, result).await
-    }
-
-    /// Ends a request: arms the periodic alarm when state changed and none is set, and encodes
-    /// the reply (for adapters with an asynchronous message, which cannot use [`Base::serve`]).
-    pub async fn answer<R: Serialize>(
-        &self,
-        now: UnixMillis,
-        interval_ms: u64,
-        result: Result<(R, bool), GatewayError>,
-    ) -> worker::Result<Response> {
-        if let Ok((_, true)) = &result {
-            self.ensure_alarm(gateway_core::alarm::next_alarm(now, interval_ms, None))
+        let result = match decode_request(&bytes) {
+            Ok(msg) => handle(msg, now).await,
+            Err(e) => Err(e),
+        };
+        let deadline = match &result {
+            Ok((_, Wake::Periodic)) => Some(None),
+            Ok((_, Wake::By(at))) => Some(*at),
+            _ => None,
+        };
+        if let Some(at) = deadline {
+            self.ensure_alarm(gateway_core::alarm::next_alarm(now, interval_ms, at))
                 .await?;
         }
         respond(result.map(|(r, _)| r))
@@ -376,11 +506,4 @@ pub fn respond<T: Serialize>(reply: Result<T, GatewayError>) -> worker::Result<R
 /// Decodes a request body into the object's message type.
 pub fn decode_request<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
     protocol::decode(bytes)
-}
-
-/// Reads the configuration inside an object.
-pub fn config(
-    env: &worker::Env,
-) -> Result<std::rc::Rc<gateway_core::config::Config>, GatewayError> {
-    crate::config::config(env)
 }

@@ -18,7 +18,7 @@ use worker::{
     durable_object, Delay, DurableObject, Env, Fetch, Request as HttpRequest, Response, State,
 };
 
-use super::{col, decode_blob, encode_blob, migrations, now, text, Base, Db};
+use super::{col, decode_blob, encode_blob, migrations, now, text, Base, Db, Wake};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -26,7 +26,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[durable_object(alarm)]
 pub struct ProviderHealthDO {
     base: Base,
-    env: Env,
     balancer: RefCell<Option<(String, Balancer)>>,
 }
 
@@ -86,7 +85,7 @@ impl ProviderHealthDO {
         let mut name = db.meta_text("group")?.unwrap_or_default();
         if specs.is_empty() {
             let group = group.ok_or_else(|| GatewayError::NotFound("no providers".into()))?;
-            let cfg = super::config(&self.env)?;
+            let cfg = self.base.cfg()?;
             specs = cfg.providers.get(group).cloned().ok_or_else(|| {
                 GatewayError::NotFound(format!("no provider group named {group}"))
             })?;
@@ -257,7 +256,8 @@ impl ProviderHealthDO {
     }
 
     fn interval(&self) -> u64 {
-        super::config(&self.env)
+        self.base
+            .cfg()
             .map(|c| c.provider_probe_interval_ms)
             .unwrap_or(15_000)
     }
@@ -282,15 +282,17 @@ impl ProviderHealthDO {
 impl DurableObject for ProviderHealthDO {
     fn new(state: State, env: Env) -> Self {
         ProviderHealthDO {
-            base: Base::new(state),
-            env,
+            base: Base::new(state, env),
             balancer: RefCell::new(None),
         }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
         self.base
-            .serve(&mut req, self.interval(), |msg, now| self.handle(msg, now))
+            .serve(&mut req, self.interval(), |msg, now| async move {
+                self.handle(msg, now)
+                    .map(|(r, changed)| (r, Wake::from(changed)))
+            })
             .await
     }
 

@@ -6,7 +6,7 @@
 //! alarm deletes rows that no longer affect any decision (full buckets, windows two windows old),
 //! which loses no information. Shard 0 is also the registry that versions policy changes.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::RefMut;
 
 use gateway_core::protocol::ratelimit::{PolicyCounters, Request, Response as Reply, Stats};
 use gateway_core::rate_limit::policy::{self, KeyState, Overrides, Policy};
@@ -14,47 +14,37 @@ use gateway_core::rate_limit::sliding::WindowState;
 use gateway_core::{rate_limit, GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{col, decode_blob, encode_blob, int, migrations, now, text, Base, Db};
+use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy, Wake};
 
 /// The rate-limiter shard.
 #[durable_object(alarm)]
 pub struct RateLimiterDO {
     base: Base,
-    env: Env,
-    overrides: RefCell<Option<Overrides>>,
+    overrides: Lazy<Overrides>,
 }
 
 fn count(v: Option<i64>) -> u64 {
     u64::try_from(v.unwrap_or(0)).unwrap_or(0)
 }
 
-impl RateLimiterDO {
-    fn load_overrides(&self, db: &Db) -> Result<(), GatewayError> {
-        if self.overrides.borrow().is_some() {
-            return Ok(());
-        }
-        let mut overrides = Overrides::default();
-        for row in db.rows("SELECT name, spec, version FROM policies", vec![])? {
-            let name = text(col(&row, 0)?).unwrap_or_default();
-            let spec = match col(&row, 1)? {
-                worker::SqlStorageValue::Null => None,
-                v => Some(decode_blob(v)?),
-            };
-            overrides.insert_loaded(name, spec, int(col(&row, 2)?).unwrap_or(0));
-        }
-        *self.overrides.borrow_mut() = Some(overrides);
-        Ok(())
+fn load_overrides(db: &Db) -> Result<Overrides, GatewayError> {
+    let mut overrides = Overrides::default();
+    let rows: Vec<(String, Option<Blob<Policy>>, i64)> =
+        db.all("SELECT name, spec, version FROM policies", vec![])?;
+    for (name, spec, version) in rows {
+        overrides.insert_loaded(name, spec.map(|b| b.0), version);
     }
+    Ok(overrides)
+}
 
+impl RateLimiterDO {
     /// The loaded overrides, borrowed for one synchronous step.
     fn overrides(&self, db: &Db) -> Result<RefMut<'_, Overrides>, GatewayError> {
-        self.load_overrides(db)?;
-        RefMut::filter_map(self.overrides.borrow_mut(), Option::as_mut)
-            .map_err(|_| GatewayError::Internal("policies not loaded".into()))
+        self.overrides.get(|| load_overrides(db))
     }
 
     fn policy(&self, db: &Db, name: &str) -> Result<Policy, GatewayError> {
-        let cfg = super::config(&self.env)?;
+        let cfg = self.base.cfg()?;
         self.overrides(db)?.resolve(&cfg.rate_limit_policies, name)
     }
 
@@ -72,19 +62,11 @@ impl RateLimiterDO {
                 )?
                 .map(KeyState::Tat),
             policy::Algorithm::SlidingWindow(_) => db
-                .rows(
+                .one::<(i64, u64, u64)>(
                     "SELECT start, prev, curr FROM windows WHERE policy = ? AND key = ?",
                     vec![name.into(), key.into()],
                 )?
-                .first()
-                .map(|r| -> Result<KeyState, GatewayError> {
-                    Ok(KeyState::Window(WindowState {
-                        start: int(col(r, 0)?).unwrap_or(0),
-                        prev: count(int(col(r, 1)?)),
-                        curr: count(int(col(r, 2)?)),
-                    }))
-                })
-                .transpose()?,
+                .map(|(start, prev, curr)| KeyState::Window(WindowState { start, prev, curr })),
         })
     }
 
@@ -212,32 +194,34 @@ impl RateLimiterDO {
                     Some(p) => encode_blob(p)?,
                     None => worker::SqlStorageValue::Null,
                 };
-                let stored = db.exec(
-                    "INSERT INTO policies (name, spec, version) VALUES (?, ?, ?) \
-                     ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, version = excluded.version",
-                    vec![name.as_str().into(), spec, version.into()],
-                );
-                if stored.is_err() {
-                    // Memory ran ahead of storage: reload from storage on the next request.
-                    *self.overrides.borrow_mut() = None;
-                }
-                stored?;
+                // Memory ran ahead of storage: a failed write reloads on the next request.
+                self.overrides.write(|| {
+                    db.exec(
+                        "INSERT INTO policies (name, spec, version) VALUES (?, ?, ?) \
+                         ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, version = excluded.version",
+                        vec![name.as_str().into(), spec, version.into()],
+                    )
+                })?;
                 Ok((Reply::PolicyStored { version }, false))
             }
             Request::ListPolicies => {
-                let cfg = super::config(&self.env)?;
+                let cfg = self.base.cfg()?;
                 let list = self.overrides(&db)?.effective(&cfg.rate_limit_policies);
                 Ok((Reply::Policies(list), false))
             }
             Request::Stats => {
                 let mut policies = Vec::new();
                 let mut totals = PolicyCounters::default();
-                for row in db.rows("SELECT policy, allowed, denied, shadow_denied FROM policy_counters ORDER BY policy", vec![])? {
+                let rows: Vec<(String, u64, u64, u64)> = db.all(
+                    "SELECT policy, allowed, denied, shadow_denied FROM policy_counters ORDER BY policy",
+                    vec![],
+                )?;
+                for (policy, allowed, denied, shadow_denied) in rows {
                     let c = PolicyCounters {
-                        policy: text(col(&row, 0)?).unwrap_or_default(),
-                        allowed: count(int(col(&row, 1)?)),
-                        denied: count(int(col(&row, 2)?)),
-                        shadow_denied: count(int(col(&row, 3)?)),
+                        policy,
+                        allowed,
+                        denied,
+                        shadow_denied,
                     };
                     totals.allowed += c.allowed;
                     totals.denied += c.denied;
@@ -262,9 +246,7 @@ impl RateLimiterDO {
     }
 
     fn interval(&self) -> u64 {
-        super::config(&self.env)
-            .map(|c| c.rate_limit_gc_interval_ms)
-            .unwrap_or(300_000)
+        self.base.interval(|c| c.rate_limit_gc_interval_ms)
     }
 
     /// Deletes rows that no longer decide anything; returns whether rows remain.
@@ -288,15 +270,17 @@ impl RateLimiterDO {
 impl DurableObject for RateLimiterDO {
     fn new(state: State, env: Env) -> Self {
         RateLimiterDO {
-            base: Base::new(state),
-            env,
-            overrides: RefCell::new(None),
+            base: Base::new(state, env),
+            overrides: Lazy::default(),
         }
     }
 
     async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
         self.base
-            .serve(&mut req, self.interval(), |msg, now| self.decide(msg, now))
+            .serve(&mut req, self.interval(), |msg, now| async move {
+                self.decide(msg, now)
+                    .map(|(r, changed)| (r, Wake::from(changed)))
+            })
             .await
     }
 
