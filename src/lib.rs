@@ -5,17 +5,20 @@
 //!
 //! - [`error`]: `AppError` and the one place errors become `application/problem+json`.
 //! - [`http`]: request ids, bounded body reads, strict JSON.
-//! - [`stub`]: the versioned postcard hop to a Durable Object.
+//! - [`clients`]: typed clients of the five Durable Objects (object names, the postcard hop,
+//!   reply matching).
+//! - [`isolate`]: what an isolate keeps between requests (batches, caches, deferred work).
 //! - [`routes`]: one module per component, each a thin handler.
 //! - `durable_objects/` (at the crate root, included below): the five object adapters and the
 //!   shared SQLite migration runner.
 
+pub mod clients;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod isolate;
 pub mod routes;
 pub mod stub;
-pub mod telemetry;
 pub mod upstream;
 
 #[path = "../durable_objects/mod.rs"]

@@ -1,33 +1,23 @@
 //! `/v1/cache/{namespace}/{key}`: GET/HEAD (with optional fill lease and stale-if-error), PUT
 //! (TTL, stale windows, tags, negative entries), DELETE; `POST /v1/cache/purge` by tags (admin).
 
-use futures::future::join_all;
 use gateway_core::cache::parse_max_age;
 use gateway_core::cache::policy::parse_cache_control;
 use gateway_core::config::Config;
-use gateway_core::protocol::cache::{
-    Cached, PutSpec, Request as CacheRequest, Response as CacheResponse,
-};
+use gateway_core::protocol::cache::{Cached, Found, PutSpec};
 use gateway_core::route::CacheOp;
-use gateway_core::shard::shard_name;
 use gateway_core::{validate, GatewayError};
 use serde::Deserialize;
 use serde_json::json as j;
 use worker::{Env, Headers, Request, Response};
 
+use crate::clients::cache::GetOptions;
+use crate::clients::CacheShards;
 use crate::error::{problem_response, AppResult};
 use crate::http::{json, parse_json, read_body};
-use crate::stub::{binding, call, unexpected};
 
 /// Most tags per entry.
 pub const MAX_TAGS: usize = 16;
-
-/// The full key and the shard object that owns it.
-pub fn locate(cfg: &Config, namespace: &str, key: &str) -> (String, String) {
-    let full = format!("{namespace}/{key}");
-    let object = shard_name("cache", &full, cfg.cache_shards);
-    (full, object)
-}
 
 /// Parses `Cache-Tag: a, b` (names, at most 16).
 pub fn parse_tags(value: Option<&str>) -> Result<Vec<String>, GatewayError> {
@@ -70,7 +60,8 @@ pub async fn handle(
     key: &str,
     op: CacheOp,
 ) -> AppResult<Response> {
-    let (full, object) = locate(cfg, namespace, key);
+    let shards = CacheShards::new(env, cfg);
+    let slot = shards.slot(namespace, key);
     let path = req.path();
     match op {
         CacheOp::Get => {
@@ -79,8 +70,7 @@ pub async fn handle(
                 .any(|(k, v)| k == "stale-if-error" && is_true(Some(v)));
             let wants_lease =
                 header(&req, "X-Cache-Fill").is_some_and(|v| v.eq_ignore_ascii_case("lease"));
-            let msg = CacheRequest::Get {
-                key: full,
+            let o = GetOptions {
                 allow_stale_if_error: allow_sie,
                 lease_ms: wants_lease.then_some(cfg.cache_fill_lease_ms),
                 wait_ms: if wants_lease {
@@ -89,12 +79,12 @@ pub async fn handle(
                     0
                 },
             };
-            match call(env, binding::CACHE_SHARD, &object, &msg).await? {
-                CacheResponse::Hit(c) => cached_response(c, "HIT", None, &path, request_id),
-                CacheResponse::Stale { cached, lease, .. } => {
+            match shards.get(&slot, o).await? {
+                Found::Hit(c) => cached_response(c, "HIT", None, &path, request_id),
+                Found::Stale { cached, lease, .. } => {
                     cached_response(cached, "STALE", lease, &path, request_id)
                 }
-                CacheResponse::Miss {
+                Found::Miss {
                     expired,
                     lease,
                     waited,
@@ -115,7 +105,6 @@ pub async fn handle(
                     }
                     Ok(resp)
                 }
-                _ => Err(unexpected("cache")),
             }
         }
         CacheOp::Put => {
@@ -142,45 +131,24 @@ pub async fn handle(
                 negative,
                 tags: tags.clone(),
             };
-            match call(
-                env,
-                binding::CACHE_SHARD,
-                &object,
-                &CacheRequest::Put {
-                    key: full,
-                    value,
-                    content_type,
-                    spec,
-                },
+            let evicted = shards.put(&slot, value, content_type, spec).await?;
+            json(
+                &j!({
+                    "stored": true,
+                    "ttl_s": ttl_s,
+                    "stale_while_revalidate_s": windows.stale_while_revalidate.unwrap_or(0),
+                    "stale_if_error_s": windows.stale_if_error.unwrap_or(0),
+                    "negative": negative,
+                    "tags": tags,
+                    "evicted": evicted,
+                }),
+                201,
             )
-            .await?
-            {
-                CacheResponse::Stored { evicted } => json(
-                    &j!({
-                        "stored": true,
-                        "ttl_s": ttl_s,
-                        "stale_while_revalidate_s": windows.stale_while_revalidate.unwrap_or(0),
-                        "stale_if_error_s": windows.stale_if_error.unwrap_or(0),
-                        "negative": negative,
-                        "tags": tags,
-                        "evicted": evicted,
-                    }),
-                    201,
-                ),
-                _ => Err(unexpected("cache")),
-            }
         }
-        CacheOp::Delete => match call(
-            env,
-            binding::CACHE_SHARD,
-            &object,
-            &CacheRequest::Delete { key: full },
-        )
-        .await?
-        {
-            CacheResponse::Deleted { existed } => json(&j!({ "deleted": existed }), 200),
-            _ => Err(unexpected("cache")),
-        },
+        CacheOp::Delete => {
+            let existed = shards.delete(&slot).await?;
+            json(&j!({ "deleted": existed }), 200)
+        }
     }
 }
 
@@ -242,20 +210,7 @@ pub async fn purge(mut req: Request, env: &Env, cfg: &Config) -> AppResult<Respo
     for t in &body.tags {
         validate::name("tag", t)?;
     }
-    let calls = (0..cfg.cache_shards).map(|i| {
-        let msg = CacheRequest::Purge {
-            tags: body.tags.clone(),
-        };
-        let object = format!("cache:{i}");
-        async move { call::<_, CacheResponse>(env, binding::CACHE_SHARD, &object, &msg).await }
-    });
-    let mut removed = 0u64;
-    for r in join_all(calls).await {
-        match r? {
-            CacheResponse::Purged { removed: n } => removed += u64::from(n),
-            _ => return Err(unexpected("cache")),
-        }
-    }
+    let removed = CacheShards::new(env, cfg).purge(&body.tags).await?;
     json(
         &j!({ "purged": removed, "tags": body.tags, "shards": cfg.cache_shards }),
         200,

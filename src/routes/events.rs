@@ -15,19 +15,16 @@ use gateway_core::observe::export::{
 };
 use gateway_core::observe::series::{add_to_points, floor, Period};
 use gateway_core::observe::{Agg, CacheOutcome, Record};
-use gateway_core::protocol::aggregator::{
-    Request as ARequest, Response as AResponse, Windows, ROOT,
-};
-use gateway_core::protocol::providers::{Request as PRequest, Response as PResponse};
 use gateway_core::{GatewayError, UnixMillis};
 use serde::Deserialize;
 use serde_json::{json as j, Value};
 use worker::{Env, Headers, Request, Response};
 
 use super::now;
+use crate::clients::aggregator::Points;
+use crate::clients::{Aggregator, Providers};
 use crate::error::AppResult;
 use crate::http::{json, parse_json, read_body};
-use crate::stub::{binding, call, unexpected};
 
 /// Largest batch `POST /v1/events` accepts.
 pub const MAX_EVENTS: usize = 1000;
@@ -93,17 +90,11 @@ pub async fn ingest(
         r.validate()?;
         records.push(r);
     }
-    let object = gateway_core::shard::shard_name("aggregator", request_id, cfg.aggregator_shards);
-    let msg = ARequest::Record {
-        batch: format!("events-{request_id}-{}", at.0),
-        records,
-    };
-    match call(env, binding::AGGREGATOR, &object, &msg).await? {
-        AResponse::Ingested { accepted, late, .. } => {
-            json(&j!({ "accepted": accepted, "late": late }), 202)
-        }
-        _ => Err(unexpected("aggregator")),
-    }
+    let batch = format!("events-{request_id}-{}", at.0);
+    let r = Aggregator::of(env, cfg)
+        .record(request_id, batch, records, 1)
+        .await?;
+    json(&j!({ "accepted": r.accepted, "late": r.late }), 202)
 }
 
 fn period_param(req: &Request, default_format: &str) -> AppResult<(Period, String)> {
@@ -130,45 +121,6 @@ fn period_param(req: &Request, default_format: &str) -> AppResult<(Period, Strin
     Ok((period, format))
 }
 
-async fn root(env: &Env, msg: ARequest) -> AppResult<AResponse> {
-    call(env, binding::AGGREGATOR, ROOT, &msg).await
-}
-
-/// Every shard's windows at or after the root's cursor for it (the part not merged yet).
-async fn live(
-    env: &Env,
-    cfg: &Config,
-    cursors: &[(u32, UnixMillis)],
-) -> AppResult<Vec<(UnixMillis, Agg)>> {
-    let calls = (0..cfg.aggregator_shards).map(|i| {
-        let since = cursors
-            .iter()
-            .find(|(s, _)| *s == i)
-            .map_or(UnixMillis(0), |(_, c)| *c);
-        let name = format!("aggregator:{i}");
-        async move {
-            call::<_, AResponse>(
-                env,
-                binding::AGGREGATOR,
-                &name,
-                &ARequest::Collect { since },
-            )
-            .await
-        }
-    });
-    let mut out = Vec::new();
-    for r in join_all(calls).await {
-        match r? {
-            AResponse::Windows(Windows { sealed, open, .. }) => {
-                out.extend(sealed);
-                out.extend(open);
-            }
-            _ => return Err(unexpected("aggregator")),
-        }
-    }
-    Ok(out)
-}
-
 /// Live health of the providers of every configured group and of every group with traffic in
 /// `agg`, as `group/name`.
 async fn provider_health(env: &Env, cfg: &Config, agg: &Agg) -> Vec<ProviderHealthView> {
@@ -181,32 +133,22 @@ async fn provider_health(env: &Env, cfg: &Config, agg: &Agg) -> Vec<ProviderHeal
         }
     }
     groups.truncate(64);
-    let calls = groups.iter().map(|g| async move {
-        let msg = PRequest::Status { group: g.clone() };
-        call::<_, PResponse>(
-            env,
-            binding::PROVIDER_HEALTH,
-            &super::providers::object_name(g),
-            &msg,
-        )
-        .await
-    });
+    let client = Providers::new(env);
+    let calls = groups.iter().map(|g| client.status(g));
     let mut out = Vec::new();
-    for r in join_all(calls).await {
-        if let Ok(PResponse::Status(s)) = r {
-            for p in s.providers {
-                let status = if !p.healthy {
-                    "ejected"
-                } else if p.circuit != Circuit::Closed {
-                    "recovering"
-                } else {
-                    "healthy"
-                };
-                out.push(ProviderHealthView {
-                    name: format!("{}/{}", s.group, p.spec.name),
-                    status: status.into(),
-                });
-            }
+    for s in join_all(calls).await.into_iter().flatten() {
+        for p in s.providers {
+            let status = if !p.healthy {
+                "ejected"
+            } else if p.circuit != Circuit::Closed {
+                "recovering"
+            } else {
+                "healthy"
+            };
+            out.push(ProviderHealthView {
+                name: format!("{}/{}", s.group, p.spec.name),
+                status: status.into(),
+            });
         }
     }
     out
@@ -215,12 +157,10 @@ async fn provider_health(env: &Env, cfg: &Config, agg: &Agg) -> Vec<ProviderHeal
 /// `GET /metrics?period=1h|24h|7d&format=json|prometheus`.
 pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Response> {
     let (period, format) = period_param(&req, "json")?;
-    let AResponse::Summary(summary) = root(env, ARequest::Summary { period }).await? else {
-        return Err(unexpected("aggregator root"));
-    };
-    let windows = live(env, cfg, &summary.cursors).await?;
+    let aggregator = Aggregator::of(env, cfg);
+    let mut summary = aggregator.summary(period).await?;
+    let windows = aggregator.live(&summary.cursors).await?;
     let t = now().max(summary.now);
-    let mut summary = *summary;
     let covered_ms = summary.add_live(period, t, cfg.rollup_bucket_ms as i64, &windows);
     let providers = provider_health(env, cfg, &summary.agg).await;
     let mut issues = std::mem::take(&mut summary.issues);
@@ -252,25 +192,21 @@ pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Respons
 /// `GET /v1/metrics/series?period=1h|24h|7d`: chart points (root buckets plus live windows).
 pub async fn series(req: Request, env: &Env, cfg: &Config) -> AppResult<Response> {
     let (period, _) = period_param(&req, "json")?;
-    let AResponse::Points {
+    let aggregator = Aggregator::of(env, cfg);
+    let Points {
         step_ms,
         mut points,
         cursors,
-    } = root(env, ARequest::Points { period }).await?
-    else {
-        return Err(unexpected("aggregator root"));
-    };
+    } = aggregator.points(period).await?;
     let since = floor(now().plus_ms(-period.span_ms()), step_ms).plus_ms(step_ms);
-    let live = live(env, cfg, &cursors).await?;
+    let live = aggregator.live(&cursors).await?;
     add_to_points(&mut points, step_ms, since, &live);
     json(&series_json(period, step_ms, &points), 200)
 }
 
 /// `GET /v1/alerts`: rules, active alerts and the notification history.
-pub async fn alerts(env: &Env) -> AppResult<Response> {
-    let AResponse::Alerts(v) = root(env, ARequest::Alerts).await? else {
-        return Err(unexpected("aggregator root"));
-    };
+pub async fn alerts(env: &Env, cfg: &Config) -> AppResult<Response> {
+    let v = Aggregator::of(env, cfg).alerts().await?;
     let rule = |name: &str| v.rules.iter().find(|r| r.name == name);
     let active: Vec<Value> = v
         .states
@@ -329,10 +265,8 @@ pub async fn alerts(env: &Env) -> AppResult<Response> {
 }
 
 /// `GET /v1/reports/daily`.
-pub async fn report(env: &Env) -> AppResult<Response> {
-    let AResponse::Report(text) = root(env, ARequest::Report).await? else {
-        return Err(unexpected("aggregator root"));
-    };
+pub async fn report(env: &Env, cfg: &Config) -> AppResult<Response> {
+    let text = Aggregator::of(env, cfg).report().await?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| GatewayError::Internal(format!("stored report: {e}")))?;
     json(&v, 200)
@@ -340,10 +274,8 @@ pub async fn report(env: &Env) -> AppResult<Response> {
 
 /// `POST /v1/rollup/run` (admin): run the root's alarm work now (merging is idempotent, so
 /// this is also how the tests force alarm retries).
-pub async fn run(env: &Env) -> AppResult<Response> {
-    let AResponse::Ran(r) = root(env, ARequest::Run).await? else {
-        return Err(unexpected("aggregator root"));
-    };
+pub async fn run(env: &Env, cfg: &Config) -> AppResult<Response> {
+    let r = Aggregator::of(env, cfg).run().await?;
     json(&serde_json::to_value(&r).unwrap_or(Value::Null), 200)
 }
 

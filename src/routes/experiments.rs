@@ -1,43 +1,23 @@
 //! `/v1/experiments`: list, get, define (admin), delete (admin), pause/resume/retire-arm/analyse
 //! (admin), assign a unit, record outcomes; and the proxy path's experiment lookup.
 
-use std::cell::RefCell;
-
 use futures::future::join_all;
 use gateway_core::config::{Config, ExperimentVar};
-use gateway_core::experiment::{select, ArmParams, MetricKind, Target, Verdict, PRIMARY_ALIAS};
-use gateway_core::protocol::experiment::{Request as ERequest, Response as EResponse, State};
+use gateway_core::experiment::{MetricKind, Verdict, PRIMARY_ALIAS};
+use gateway_core::protocol::experiment::State;
 use gateway_core::validate;
-use gateway_core::{GatewayError, UnixMillis};
+use gateway_core::GatewayError;
 use serde::Deserialize;
 use serde_json::{json as j, Value};
 use worker::{Env, Request, Response};
 
-use super::now;
+use crate::clients::Experiments;
 use crate::error::AppResult;
 use crate::http::{json, parse_json, read_body};
-use crate::stub::{binding, call, unexpected};
+use crate::isolate::forget_targets;
 
-/// The object that lists experiments and their proxy targets.
-pub const INDEX_OBJECT: &str = "experiment-index";
-/// How long a worker isolate reuses the list of proxy targets before asking the index again
-/// (an experiment created or deleted by an admin reaches proxy traffic within this time).
-pub const TARGETS_TTL_MS: i64 = 10_000;
 /// Most experiments `GET /v1/experiments` reads.
 const LIST_MAX: usize = 100;
-
-/// The object owning an experiment.
-pub fn object_name(name: &str) -> String {
-    format!("experiment:{name}")
-}
-
-async fn send(env: &Env, name: &str, msg: ERequest) -> AppResult<EResponse> {
-    call(env, binding::EXPERIMENT, &object_name(name), &msg).await
-}
-
-async fn send_index(env: &Env, msg: ERequest) -> AppResult<EResponse> {
-    call(env, binding::EXPERIMENT, INDEX_OBJECT, &msg).await
-}
 
 fn params(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
@@ -166,40 +146,29 @@ pub fn state_json(s: &State) -> Value {
     })
 }
 
-fn state_response(reply: EResponse) -> AppResult<Response> {
-    match reply {
-        EResponse::State(s) => json(&state_json(&s), 200),
-        _ => Err(unexpected("experiment")),
-    }
+fn state_response(s: State) -> AppResult<Response> {
+    json(&state_json(&s), 200)
 }
 
 /// `GET /v1/experiments/{name}`.
 pub async fn get(env: &Env, name: &str) -> AppResult<Response> {
-    state_response(send(env, name, ERequest::Get { name: name.into() }).await?)
+    state_response(Experiments::new(env).get(name).await?)
 }
 
 /// `POST /v1/experiments/{name}/analyse` (admin): analyse now; promotes or rolls back when the
 /// rule says so.
 pub async fn analyse(env: &Env, name: &str) -> AppResult<Response> {
-    state_response(send(env, name, ERequest::Analyse { name: name.into() }).await?)
+    state_response(Experiments::new(env).analyse(name).await?)
 }
 
 /// `POST /v1/experiments/{name}/pause` and `/resume` (admin).
 pub async fn pause(env: &Env, name: &str, paused: bool) -> AppResult<Response> {
-    let msg = ERequest::Pause {
-        name: name.into(),
-        paused,
-    };
-    state_response(send(env, name, msg).await?)
+    state_response(Experiments::new(env).pause(name, paused).await?)
 }
 
 /// `POST /v1/experiments/{name}/arms/{arm}/retire` (admin).
 pub async fn retire(env: &Env, name: &str, arm: &str) -> AppResult<Response> {
-    let msg = ERequest::Retire {
-        name: name.into(),
-        arm: arm.into(),
-    };
-    state_response(send(env, name, msg).await?)
+    state_response(Experiments::new(env).retire(name, arm).await?)
 }
 
 /// `PUT /v1/experiments/{name}` (admin): create or replace (assignments are kept).
@@ -207,246 +176,35 @@ pub async fn define(mut req: Request, env: &Env, cfg: &Config, name: &str) -> Ap
     let body: ExperimentVar =
         parse_json(&read_body(&mut req, cfg.max_body_bytes.min(65_536)).await?)?;
     let def = body.into_def(name)?;
-    let target = def.target.clone();
-    let reply = send(
-        env,
-        name,
-        ERequest::Define {
-            name: name.into(),
-            def,
-        },
-    )
-    .await?;
-    send_index(
-        env,
-        ERequest::IndexPut {
-            name: name.into(),
-            target,
-        },
-    )
-    .await?;
+    let created = Experiments::new(env).define(name, def).await?;
     forget_targets();
-    match reply {
-        EResponse::Defined { created } => json(
-            &j!({ "name": name, "created": created }),
-            if created { 201 } else { 200 },
-        ),
-        _ => Err(unexpected("experiment")),
-    }
+    json(
+        &j!({ "name": name, "created": created }),
+        if created { 201 } else { 200 },
+    )
 }
 
 /// `DELETE /v1/experiments/{name}` (admin): the definition, assignments and data go; a
 /// configured experiment of that name stays deleted until it is defined again.
 pub async fn delete(env: &Env, name: &str) -> AppResult<Response> {
-    let reply = send(env, name, ERequest::Delete { name: name.into() }).await?;
-    send_index(env, ERequest::IndexDelete { name: name.into() }).await?;
+    let existed = Experiments::new(env).delete(name).await?;
     forget_targets();
-    match reply {
-        EResponse::Deleted { existed } => json(&j!({ "name": name, "deleted": existed }), 200),
-        _ => Err(unexpected("experiment")),
-    }
-}
-
-/// Experiment names: configured ones and admin-defined ones, minus deleted ones, with targets.
-async fn catalogue(env: &Env, cfg: &Config) -> AppResult<Vec<(String, Option<Target>)>> {
-    let index = match send_index(env, ERequest::IndexList).await? {
-        EResponse::Index(v) => v,
-        _ => return Err(unexpected("experiment index")),
-    };
-    let mut out: Vec<(String, Option<Target>)> = cfg
-        .experiments
-        .iter()
-        .filter(|(n, _)| !index.iter().any(|e| &e.name == *n))
-        .map(|(n, d)| (n.clone(), d.target.clone()))
-        .collect();
-    out.extend(
-        index
-            .into_iter()
-            .filter(|e| !e.deleted)
-            .map(|e| (e.name, e.target)),
-    );
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    json(&j!({ "name": name, "deleted": existed }), 200)
 }
 
 /// `GET /v1/experiments`: every experiment's state (at most 100).
 pub async fn list(env: &Env, cfg: &Config) -> AppResult<Response> {
-    let names = catalogue(env, cfg).await?;
-    let states = join_all(
-        names
-            .iter()
-            .take(LIST_MAX)
-            .map(|(n, _)| send(env, n, ERequest::Get { name: n.clone() })),
-    )
-    .await;
+    let client = Experiments::new(env);
+    let names = client.catalogue(cfg).await?;
+    let states = join_all(names.iter().take(LIST_MAX).map(|(n, _)| client.get(n))).await;
     let experiments: Vec<Value> = states
         .into_iter()
-        .filter_map(|r| match r {
-            Ok(EResponse::State(s)) => Some(state_json(&s)),
-            _ => None,
-        })
+        .filter_map(|r| r.ok().map(|s| state_json(&s)))
         .collect();
     json(
         &j!({ "experiments": experiments, "truncated": names.len() > LIST_MAX }),
         200,
     )
-}
-
-/// Experiments with a proxy target, as (name, target).
-type Targets = Vec<(String, Target)>;
-
-thread_local! {
-    /// This isolate's copy of the proxy targets and when it was fetched.
-    static TARGETS: RefCell<Option<(UnixMillis, Targets)>> = const { RefCell::new(None) };
-}
-
-fn forget_targets() {
-    TARGETS.with(|t| *t.borrow_mut() = None);
-}
-
-/// The experiment that applies to a proxied request to `group` and `path`, if any.
-pub async fn target_for(env: &Env, cfg: &Config, group: &str, path: &str) -> Option<String> {
-    let at = now();
-    let cached = TARGETS.with(|t| {
-        t.borrow()
-            .as_ref()
-            .filter(|(fetched, _)| at.since(*fetched) < TARGETS_TTL_MS)
-            .map(|(_, v)| select(v, group, path).map(str::to_string))
-    });
-    if let Some(hit) = cached {
-        return hit;
-    }
-    let targets: Vec<(String, Target)> = match catalogue(env, cfg).await {
-        Ok(all) => all
-            .into_iter()
-            .filter_map(|(n, t)| t.map(|t| (n, t)))
-            .collect(),
-        // The index is unreachable: configured experiments still apply.
-        Err(_) => cfg
-            .experiments
-            .iter()
-            .filter_map(|(n, d)| d.target.clone().map(|t| (n.clone(), t)))
-            .collect(),
-    };
-    let chosen = select(&targets, group, path).map(str::to_string);
-    TARGETS.with(|t| *t.borrow_mut() = Some((at, targets)));
-    chosen
-}
-
-/// A unit's cohort on the proxy path.
-#[derive(Debug, Clone)]
-pub struct Cohort {
-    /// Experiment name.
-    pub experiment: String,
-    /// The arm whose parameters apply.
-    pub variant: String,
-    /// Those parameters, as the gateway applies them.
-    pub params: ArmParams,
-    /// Whether outcomes are recorded.
-    pub counted: bool,
-}
-
-/// How long an isolate reuses a unit's cohort before asking the experiment again (a promotion,
-/// rollback or pause reaches a returning caller within this time).
-pub const COHORT_TTL_MS: i64 = 5_000;
-/// Cohorts an isolate remembers (the cache is cleared when full).
-const COHORT_CACHE_MAX: usize = 10_000;
-/// Outcomes wait this long to be sent together.
-const OUTCOME_FLUSH_MS: u64 = 100;
-/// Largest outcome batch.
-const OUTCOME_BATCH_MAX: usize = 500;
-
-/// Outcomes waiting for delivery: experiment → (unit, values).
-type Outcomes = std::collections::HashMap<String, Vec<(String, Vec<(String, f64)>)>>;
-
-thread_local! {
-    static COHORTS: RefCell<std::collections::HashMap<(String, String), (UnixMillis, Cohort)>> =
-        RefCell::new(std::collections::HashMap::new());
-    static OUTCOMES: RefCell<Outcomes> = RefCell::new(Outcomes::new());
-    static FLUSH_SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Assigns `unit` in `experiment` for the proxy path; `None` on any failure (an experiment
-/// never fails a proxied request). Answers are reused for [`COHORT_TTL_MS`] per isolate:
-/// assignments are sticky, so only a status change can make a cached answer stale.
-pub async fn cohort(env: &Env, experiment: &str, unit: &str) -> Option<Cohort> {
-    let key = (experiment.to_string(), unit.to_string());
-    let at = now();
-    let cached = COHORTS.with(|c| {
-        c.borrow()
-            .get(&key)
-            .filter(|(t, _)| at.since(*t) < COHORT_TTL_MS)
-            .map(|(_, c)| c.clone())
-    });
-    if cached.is_some() {
-        return cached;
-    }
-    let msg = ERequest::Assign {
-        name: experiment.into(),
-        unit: unit.into(),
-    };
-    let fresh = match send(env, experiment, msg).await.ok()? {
-        EResponse::Assigned {
-            variant,
-            params,
-            counted,
-            ..
-        } => Cohort {
-            experiment: experiment.into(),
-            variant,
-            params: ArmParams::parse(&params).unwrap_or_default(),
-            counted,
-        },
-        _ => return None,
-    };
-    COHORTS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= COHORT_CACHE_MAX {
-            c.clear();
-        }
-        c.insert(key, (at, fresh.clone()));
-    });
-    Some(fresh)
-}
-
-async fn flush_outcomes(env: &Env) {
-    let batches = OUTCOMES.with(|o| std::mem::take(&mut *o.borrow_mut()));
-    let sends = batches.into_iter().map(|(name, events)| async move {
-        let msg = ERequest::Events {
-            name: name.clone(),
-            events,
-        };
-        let _ = send(env, &name, msg).await;
-    });
-    join_all(sends).await;
-}
-
-/// Queues a proxied request's outcome for its cohort. Outcomes are sent per experiment in
-/// batches, [`OUTCOME_FLUSH_MS`] after the first one (or at [`OUTCOME_BATCH_MAX`]), through
-/// `ctx.wait_until`: one object write per batch instead of one per request.
-pub fn record(
-    ctx: &dyn crate::telemetry::Defer,
-    env: &Env,
-    experiment: &str,
-    unit: &str,
-    values: Vec<(String, f64)>,
-) {
-    let full = OUTCOMES.with(|o| {
-        let mut o = o.borrow_mut();
-        let list = o.entry(experiment.to_string()).or_default();
-        list.push((unit.to_string(), values));
-        list.len() >= OUTCOME_BATCH_MAX
-    });
-    let env = env.clone();
-    crate::telemetry::schedule_flush(
-        ctx,
-        &FLUSH_SCHEDULED,
-        full,
-        OUTCOME_FLUSH_MS,
-        move || async move {
-            flush_outcomes(&env).await;
-        },
-    );
 }
 
 #[derive(Deserialize)]
@@ -459,34 +217,18 @@ struct AssignBody {
 pub async fn assign(mut req: Request, env: &Env, _cfg: &Config, name: &str) -> AppResult<Response> {
     let body: AssignBody = parse_json(&read_body(&mut req, 4096).await?)?;
     validate::key("unit", &body.unit)?;
-    match send(
-        env,
-        name,
-        ERequest::Assign {
-            name: name.into(),
-            unit: body.unit.clone(),
-        },
+    let a = Experiments::new(env).assign(name, &body.unit).await?;
+    json(
+        &j!({
+            "experiment": name,
+            "unit": body.unit,
+            "variant": a.variant,
+            "params": params(&a.params),
+            "new": a.new,
+            "counted": a.counted,
+        }),
+        200,
     )
-    .await?
-    {
-        EResponse::Assigned {
-            variant,
-            params: p,
-            new,
-            counted,
-        } => json(
-            &j!({
-                "experiment": name,
-                "unit": body.unit,
-                "variant": variant,
-                "params": params(&p),
-                "new": new,
-                "counted": counted,
-            }),
-            200,
-        ),
-        _ => Err(unexpected("experiment")),
-    }
 }
 
 #[derive(Deserialize)]
@@ -542,20 +284,9 @@ pub async fn event(mut req: Request, env: &Env, _cfg: &Config, name: &str) -> Ap
         // `success` stands for the primary metric, whatever its name; the object resolves it.
         values.push((PRIMARY_ALIAS.into(), f64::from(u8::from(ok))));
     }
-    let msg = ERequest::Event {
-        name: name.into(),
-        unit: body.unit,
-        values,
-    };
-    match send(env, name, msg).await? {
-        EResponse::Recorded {
-            variant,
-            counted,
-            ignored,
-        } => json(
-            &j!({ "recorded": counted, "variant": variant, "ignored": ignored }),
-            200,
-        ),
-        _ => Err(unexpected("experiment")),
-    }
+    let r = Experiments::new(env).event(name, body.unit, values).await?;
+    json(
+        &j!({ "recorded": r.counted, "variant": r.variant, "ignored": r.ignored }),
+        200,
+    )
 }

@@ -34,16 +34,16 @@ pub async fn dispatch(
         Route::Health => health::health(cfg),
         Route::Metrics => events::metrics(req, env, cfg).await,
         Route::MetricsSeries => events::series(req, env, cfg).await,
-        Route::Alerts => events::alerts(env).await,
-        Route::DailyReport => events::report(env).await,
-        Route::RollupRun => events::run(env).await,
+        Route::Alerts => events::alerts(env, cfg).await,
+        Route::DailyReport => events::report(env, cfg).await,
+        Route::RollupRun => events::run(env, cfg).await,
         Route::Dashboard => events::dashboard(),
         Route::EventsIngest => events::ingest(req, env, cfg, request_id).await,
         Route::RateLimit { policy, key, op } => {
             ratelimit::handle(req, env, cfg, request_id, &policy, &key, op).await
         }
-        Route::PoliciesList => ratelimit::list_policies(env).await,
-        Route::PolicyGet(name) => ratelimit::get_policy(env, &name).await,
+        Route::PoliciesList => ratelimit::list_policies(env, cfg).await,
+        Route::PolicyGet(name) => ratelimit::get_policy(env, cfg, &name).await,
         Route::PolicyPut(name) => ratelimit::put_policy(req, env, cfg, &name).await,
         Route::PolicyDelete(name) => ratelimit::delete_policy(env, cfg, &name).await,
         Route::Cache { namespace, key, op } => {

@@ -3,54 +3,28 @@
 use futures::future::join_all;
 use gateway_core::balancer::{Outcome, ProviderSpec, Strategy};
 use gateway_core::config::Config;
-use gateway_core::protocol::providers::{Request as PRequest, Response as PResponse};
 use gateway_core::GatewayError;
 use serde::Deserialize;
 use worker::{Env, Request, Response};
 
+use crate::clients::Providers;
 use crate::error::AppResult;
 use crate::http::{json, parse_json, read_body};
-use crate::stub::{binding, call, unexpected};
-
-/// The object owning a provider group.
-pub fn object_name(group: &str) -> String {
-    format!("providers:{group}")
-}
-
-async fn send(env: &Env, group: &str, msg: PRequest) -> AppResult<PResponse> {
-    call(env, binding::PROVIDER_HEALTH, &object_name(group), &msg).await
-}
 
 /// `GET /v1/providers`: every configured group's live state, fetched concurrently.
 pub async fn list(env: &Env, cfg: &Config) -> AppResult<Response> {
-    let calls = cfg
-        .providers
-        .keys()
-        .map(|g| send(env, g, PRequest::Status { group: g.clone() }));
+    let client = Providers::new(env);
+    let calls = cfg.providers.keys().map(|g| client.status(g));
     let mut groups = Vec::new();
     for r in join_all(calls).await {
-        match r? {
-            PResponse::Status(s) => groups.push(s),
-            _ => return Err(unexpected("provider health")),
-        }
+        groups.push(r?);
     }
     json(&serde_json::json!({ "groups": groups }), 200)
 }
 
 /// `GET /v1/providers/{group}`.
 pub async fn status(env: &Env, group: &str) -> AppResult<Response> {
-    match send(
-        env,
-        group,
-        PRequest::Status {
-            group: group.into(),
-        },
-    )
-    .await?
-    {
-        PResponse::Status(s) => json(&s, 200),
-        _ => Err(unexpected("provider health")),
-    }
+    json(&Providers::new(env).status(group).await?, 200)
 }
 
 #[derive(Deserialize)]
@@ -70,41 +44,18 @@ pub async fn configure(
 ) -> AppResult<Response> {
     let body: ConfigureBody = parse_json(&read_body(&mut req, cfg.max_body_bytes).await?)?;
     gateway_core::balancer::validate_group(&body.providers)?;
-    match send(
-        env,
-        group,
-        PRequest::Configure {
-            group: group.into(),
-            providers: body.providers,
-            strategy: body.strategy,
-        },
+    let providers = Providers::new(env)
+        .configure(group, body.providers, body.strategy)
+        .await?;
+    json(
+        &serde_json::json!({ "group": group, "providers": providers }),
+        200,
     )
-    .await?
-    {
-        PResponse::Configured { providers } => json(
-            &serde_json::json!({ "group": group, "providers": providers }),
-            200,
-        ),
-        _ => Err(unexpected("provider health")),
-    }
 }
 
 /// `POST /v1/providers/{group}/pick`.
 pub async fn pick(env: &Env, group: &str) -> AppResult<Response> {
-    match send(
-        env,
-        group,
-        PRequest::Pick {
-            group: group.into(),
-            exclude: Vec::new(),
-            prefer: Default::default(),
-        },
-    )
-    .await?
-    {
-        PResponse::Picked(p) => json(&p, 200),
-        _ => Err(unexpected("provider health")),
-    }
+    json(&Providers::new(env).pick(group).await?, 200)
 }
 
 #[derive(Deserialize)]
@@ -132,20 +83,16 @@ pub async fn report(mut req: Request, env: &Env, cfg: &Config, group: &str) -> A
         )
         .into());
     }
-    let msg = PRequest::Report {
-        group: group.into(),
-        provider: body.provider,
-        outcome: Outcome {
-            ok: body.ok,
-            latency_ms: body.latency_ms,
-            retry_after_ms: body.retry_after_ms,
-            input_tokens: body.input_tokens,
-            output_tokens: body.output_tokens,
-            error: None,
-        },
+    let outcome = Outcome {
+        ok: body.ok,
+        latency_ms: body.latency_ms,
+        retry_after_ms: body.retry_after_ms,
+        input_tokens: body.input_tokens,
+        output_tokens: body.output_tokens,
+        error: None,
     };
-    match send(env, group, msg).await? {
-        PResponse::Reported => json(&serde_json::json!({ "recorded": true }), 200),
-        _ => Err(unexpected("provider health")),
-    }
+    Providers::new(env)
+        .report(group, body.provider, outcome)
+        .await?;
+    json(&serde_json::json!({ "recorded": true }), 200)
 }

@@ -1,23 +1,21 @@
 //! `/v1/ratelimit/{policy}/{key}` (take, peek, reset), `/v1/policies` (run-time policies), and
 //! the caller check the proxy path uses.
 
-use futures::future::join_all;
 use gateway_core::config::Config;
-use gateway_core::protocol::ratelimit::{
-    PolicyEntry, Request as RlRequest, Response as RlResponse,
-};
+use gateway_core::protocol::ratelimit::PolicyEntry;
 use gateway_core::rate_limit::policy::{Policy, PolicyJson};
 use gateway_core::rate_limit::Decision;
 use gateway_core::route::RateLimitOp;
-use gateway_core::shard::{fnv1a64, shard_name};
+use gateway_core::shard::fnv1a64;
 use gateway_core::GatewayError;
 use serde::{Deserialize, Serialize};
 use serde_json::json as j;
 use worker::{Env, Request, Response};
 
-use crate::error::{problem_with_extra, AppError, AppResult};
+use crate::clients::ratelimit::Decided;
+use crate::clients::RateLimiter;
+use crate::error::{problem_with_extra, AppResult};
 use crate::http::{json, parse_json, parse_json_or_default, read_body};
-use crate::stub::{binding, call, unexpected};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,15 +37,6 @@ pub struct DecisionJson<'a> {
     cost: u64,
     shadow: bool,
     shadow_denied: bool,
-}
-
-/// The object that owns `(policy, key)`.
-pub fn object_name(cfg: &Config, policy: &str, key: &str) -> String {
-    shard_name(
-        "ratelimit",
-        &format!("{policy}/{key}"),
-        cfg.rate_limit_shards,
-    )
 }
 
 fn cost_from_query(req: &Request) -> Result<u64, GatewayError> {
@@ -138,43 +127,33 @@ pub async fn handle(
     op: RateLimitOp,
 ) -> AppResult<Response> {
     let path = req.path();
-    let object = object_name(cfg, policy_name, key);
-    let msg = match op {
+    let limiter = RateLimiter::new(env, cfg);
+    let decided = match op {
         RateLimitOp::Take => {
             let body: TakeBody = parse_json_or_default(&read_body(&mut req, 4096).await?)?;
-            RlRequest::Take {
-                policy_name: policy_name.into(),
-                key: key.into(),
-                cost: body.cost.unwrap_or(1),
-            }
+            limiter
+                .take(policy_name, key, body.cost.unwrap_or(1))
+                .await?
         }
-        RateLimitOp::Peek => RlRequest::Peek {
-            policy_name: policy_name.into(),
-            key: key.into(),
-            cost: cost_from_query(&req)?,
-        },
-        RateLimitOp::Reset => RlRequest::Reset {
-            policy_name: policy_name.into(),
-            key: key.into(),
-        },
+        RateLimitOp::Peek => {
+            limiter
+                .peek(policy_name, key, cost_from_query(&req)?)
+                .await?
+        }
+        RateLimitOp::Reset => {
+            let existed = limiter.reset(policy_name, key).await?;
+            return json(&j!({ "reset": existed }), 200);
+        }
     };
-    match call(env, binding::RATE_LIMITER, &object, &msg).await? {
-        RlResponse::Decision {
-            decision,
-            shadow_denied,
-            policy,
-        } => decision_response(
-            policy_name,
-            key,
-            &policy,
-            &decision,
-            shadow_denied,
-            &path,
-            request_id,
-        ),
-        RlResponse::Reset { existed } => json(&j!({ "reset": existed }), 200),
-        _ => Err(unexpected("rate limiter")),
-    }
+    decision_response(
+        policy_name,
+        key,
+        &decided.policy,
+        &decided.decision,
+        decided.shadow_denied,
+        &path,
+        request_id,
+    )
 }
 
 fn entry_json(e: &PolicyEntry) -> serde_json::Value {
@@ -189,69 +168,25 @@ fn entry_json(e: &PolicyEntry) -> serde_json::Value {
     })
 }
 
-/// Shard 0 is the registry: it versions changes and answers listings.
-const REGISTRY: &str = "ratelimit:0";
-
-async fn policies(env: &Env) -> AppResult<Vec<PolicyEntry>> {
-    match call(
-        env,
-        binding::RATE_LIMITER,
-        REGISTRY,
-        &RlRequest::ListPolicies,
-    )
-    .await?
-    {
-        RlResponse::Policies(p) => Ok(p),
-        _ => Err(unexpected("rate limiter")),
-    }
-}
-
 /// `GET /v1/policies`.
-pub async fn list_policies(env: &Env) -> AppResult<Response> {
-    let list: Vec<_> = policies(env).await?.iter().map(entry_json).collect();
+pub async fn list_policies(env: &Env, cfg: &Config) -> AppResult<Response> {
+    let list: Vec<_> = RateLimiter::new(env, cfg)
+        .policies()
+        .await?
+        .iter()
+        .map(entry_json)
+        .collect();
     json(&j!({ "policies": list }), 200)
 }
 
 /// `GET /v1/policies/{name}`.
-pub async fn get_policy(env: &Env, name: &str) -> AppResult<Response> {
-    let all = policies(env).await?;
+pub async fn get_policy(env: &Env, cfg: &Config, name: &str) -> AppResult<Response> {
+    let all = RateLimiter::new(env, cfg).policies().await?;
     let e = all
         .iter()
         .find(|e| e.name == name)
         .ok_or_else(|| GatewayError::NotFound(format!("no rate-limit policy named {name}")))?;
     json(&entry_json(e), 200)
-}
-
-/// Stores a change in the registry (which versions it), then applies it on every other shard
-/// concurrently. The change is acknowledged only when every shard has it, so the next request
-/// anywhere sees it; if some shard fails the answer is 503 and repeating the call completes it.
-async fn broadcast(env: &Env, cfg: &Config, name: &str, policy: Option<Policy>) -> AppResult<i64> {
-    let first = RlRequest::PutPolicy {
-        name: name.into(),
-        policy,
-        version: None,
-    };
-    let version = match call(env, binding::RATE_LIMITER, REGISTRY, &first).await? {
-        RlResponse::PolicyStored { version } => version,
-        _ => return Err(unexpected("rate limiter")),
-    };
-    let calls = (1..cfg.rate_limit_shards).map(|i| {
-        let msg = RlRequest::PutPolicy {
-            name: name.into(),
-            policy,
-            version: Some(version),
-        };
-        let object = format!("ratelimit:{i}");
-        async move { call::<_, RlResponse>(env, binding::RATE_LIMITER, &object, &msg).await }
-    });
-    let failed = join_all(calls).await.iter().filter(|r| r.is_err()).count();
-    if failed > 0 {
-        return Err(AppError(GatewayError::Unavailable(format!(
-            "policy {name} version {version} stored, but {failed} of {} shards did not confirm; repeat the request",
-            cfg.rate_limit_shards
-        ))));
-    }
-    Ok(version)
 }
 
 /// `PUT /v1/policies/{name}` (admin): create or replace; applies to the next request.
@@ -263,7 +198,9 @@ pub async fn put_policy(
 ) -> AppResult<Response> {
     let body: PolicyJson = parse_json(&read_body(&mut req, 4096).await?)?;
     let policy = body.into_policy()?;
-    let version = broadcast(env, cfg, name, Some(policy)).await?;
+    let version = RateLimiter::new(env, cfg)
+        .put_policy(name, Some(policy))
+        .await?;
     json(
         &j!({ "name": name, "policy": policy.to_json(), "source": "admin", "version": version, "shards": cfg.rate_limit_shards }),
         200,
@@ -272,10 +209,11 @@ pub async fn put_policy(
 
 /// `DELETE /v1/policies/{name}` (admin): removes it (a configuration default disappears too).
 pub async fn delete_policy(env: &Env, cfg: &Config, name: &str) -> AppResult<Response> {
-    if !policies(env).await?.iter().any(|e| e.name == name) {
+    let limiter = RateLimiter::new(env, cfg);
+    if !limiter.policies().await?.iter().any(|e| e.name == name) {
         return Err(GatewayError::NotFound(format!("no rate-limit policy named {name}")).into());
     }
-    let version = broadcast(env, cfg, name, None).await?;
+    let version = limiter.put_policy(name, None).await?;
     json(
         &j!({ "name": name, "deleted": true, "version": version }),
         200,
@@ -310,25 +248,12 @@ pub async fn check_caller(
     cfg: &Config,
 ) -> AppResult<(String, Policy, Decision, bool)> {
     let key = caller_key(req);
-    let name = cfg.rate_limit_caller_policy.clone();
-    let msg = RlRequest::Take {
-        policy_name: name.clone(),
-        key: key.clone(),
-        cost: 1,
-    };
-    match call(
-        env,
-        binding::RATE_LIMITER,
-        &object_name(cfg, &name, &key),
-        &msg,
-    )
-    .await?
-    {
-        RlResponse::Decision {
-            decision,
-            shadow_denied,
-            policy,
-        } => Ok((key, policy, decision, shadow_denied)),
-        _ => Err(unexpected("rate limiter")),
-    }
+    let Decided {
+        decision,
+        shadow_denied,
+        policy,
+    } = RateLimiter::new(env, cfg)
+        .take(&cfg.rate_limit_caller_policy, &key, 1)
+        .await?;
+    Ok((key, policy, decision, shadow_denied))
 }

@@ -138,3 +138,57 @@ pub enum Response {
     /// Shard statistics.
     Stats(Stats),
 }
+
+/// What a `Get` finds: the three answers a lookup can get, as a type of its own so callers
+/// match exhaustively (not a wire type: the wire carries [`Response`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// Fresh.
+    Hit(Cached),
+    /// Past its TTL but inside a stale window.
+    Stale {
+        /// The entry.
+        cached: Cached,
+        /// Served only because the caller allowed stale-if-error.
+        if_error: bool,
+        /// The fill lease, when this caller should refresh it.
+        lease: Option<u64>,
+    },
+    /// Nothing usable.
+    Miss {
+        /// An entry existed but has expired.
+        expired: bool,
+        /// The fill lease, when this caller should fill it.
+        lease: Option<u64>,
+        /// This caller waited for another caller's fill, which did not arrive in time.
+        waited: bool,
+    },
+}
+
+impl Response {
+    /// The lookup answer, or `None` when the reply is another variant.
+    pub fn into_found(self) -> Option<Found> {
+        match self {
+            Response::Hit(c) => Some(Found::Hit(c)),
+            Response::Stale {
+                cached,
+                if_error,
+                lease,
+            } => Some(Found::Stale {
+                cached,
+                if_error,
+                lease,
+            }),
+            Response::Miss {
+                expired,
+                lease,
+                waited,
+            } => Some(Found::Miss {
+                expired,
+                lease,
+                waited,
+            }),
+            _ => None,
+        }
+    }
+}

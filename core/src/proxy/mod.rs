@@ -32,7 +32,7 @@ use crate::balancer::{ErrorClass, Outcome, Pick};
 use crate::cache::policy::{storable, Storable};
 use crate::config::Config;
 use crate::observe::{CacheOutcome, Record};
-use crate::protocol::cache::{Cached, PutSpec, Response as CacheResponse};
+use crate::protocol::cache::{Cached, Found, PutSpec};
 use crate::GatewayError;
 
 /// Most providers tried for one request.
@@ -92,21 +92,21 @@ pub enum Start {
 }
 
 /// Decides the first stage from the rate-limit decision and the cache lookup.
-pub fn start(allowed: bool, cached: Option<CacheResponse>) -> Start {
+pub fn start(allowed: bool, cached: Option<Found>) -> Start {
     if !allowed {
         return Start::Deny;
     }
     match cached {
-        Some(CacheResponse::Hit(c)) => Start::Hit(c),
+        Some(Found::Hit(c)) => Start::Hit(c),
         // Within stale-while-revalidate: the one request that gets the fill lease refreshes
         // the entry (in the foreground, with the stale copy as its fallback); the others are
         // served the stale copy meanwhile. Within stale-if-error: forward, fall back on it.
-        Some(CacheResponse::Stale {
+        Some(Found::Stale {
             cached,
             if_error: false,
             lease: None,
         }) => Start::Stale(cached),
-        Some(CacheResponse::Stale { cached, .. }) => Start::Forward {
+        Some(Found::Stale { cached, .. }) => Start::Forward {
             stale_if_error: Some(cached),
         },
         _ => Start::Forward {

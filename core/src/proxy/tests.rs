@@ -70,15 +70,12 @@ fn failure_status(step: Step) -> (u16, Option<String>) {
 
 #[test]
 fn the_first_stage_denies_serves_hits_and_stale_and_forwards_misses() {
+    assert_eq!(start(false, Some(Found::Hit(cached(false)))), Start::Deny);
     assert_eq!(
-        start(false, Some(CacheResponse::Hit(cached(false)))),
-        Start::Deny
-    );
-    assert_eq!(
-        start(true, Some(CacheResponse::Hit(cached(false)))),
+        start(true, Some(Found::Hit(cached(false)))),
         Start::Hit(cached(false))
     );
-    let stale = |if_error, lease| CacheResponse::Stale {
+    let stale = |if_error, lease| Found::Stale {
         cached: cached(false),
         if_error,
         lease,
@@ -101,7 +98,7 @@ fn the_first_stage_denies_serves_hits_and_stale_and_forwards_misses() {
             stale_if_error: Some(cached(false))
         }
     );
-    let miss = CacheResponse::Miss {
+    let miss = Found::Miss {
         expired: false,
         lease: None,
         waited: false,

@@ -4,33 +4,25 @@
 
 use gateway_core::balancer::{Pick, Preference};
 use gateway_core::observe::{CacheOutcome, Record};
-use gateway_core::protocol::cache::{Request as CacheRequest, Response as CacheResponse};
-use gateway_core::protocol::providers::{Request as PRequest, Response as PResponse};
+use gateway_core::protocol::cache::Found;
 use gateway_core::proxy::{self as plan, Metered, Plan};
 use gateway_core::UnixMillis;
 use worker::Env;
 
-use super::super::experiments::{self, Cohort};
-use super::super::providers::object_name;
+use crate::clients::cache::{GetOptions, Slot};
+use crate::clients::{CacheShards, Providers};
 use crate::error::AppResult;
-use crate::stub::{binding, call, unexpected};
-use crate::telemetry::{Defer, Inline};
+use crate::isolate::{self, Cohort, Defer, Inline};
 
 /// The cache lookup: fresh, stale (with the fill lease when free) or a miss; `None` when the
 /// request has no cache key or the hop failed (a broken cache never fails a request).
-pub async fn lookup(
-    env: &Env,
-    cache: Option<&(String, String)>,
-    lease_ms: u64,
-) -> Option<CacheResponse> {
-    let (key, object) = cache?;
-    let msg = CacheRequest::Get {
-        key: key.clone(),
+pub async fn lookup(shards: &CacheShards<'_>, slot: Option<&Slot>, lease_ms: u64) -> Option<Found> {
+    let o = GetOptions {
         allow_stale_if_error: true,
         lease_ms: Some(lease_ms),
         wait_ms: 0,
     };
-    call(env, binding::CACHE_SHARD, object, &msg).await.ok()
+    shards.get(slot?, o).await.ok()
 }
 
 /// The one pick hop: ranked, reserved candidates, and when every budget is spent, when the
@@ -40,18 +32,9 @@ pub async fn candidates(
     group: &str,
     prefer: Preference,
 ) -> AppResult<(Vec<Pick>, Option<u64>)> {
-    let msg = PRequest::PickRanked {
-        group: group.into(),
-        prefer,
-        max: plan::MAX_ATTEMPTS as u8,
-    };
-    match call(env, binding::PROVIDER_HEALTH, &object_name(group), &msg).await? {
-        PResponse::Candidates {
-            picks,
-            budget_resets_in_ms,
-        } => Ok((picks, budget_resets_in_ms)),
-        _ => Err(unexpected("provider health")),
-    }
+    Providers::new(env)
+        .candidates(group, prefer, plan::MAX_ATTEMPTS as u8)
+        .await
 }
 
 /// What the request's bookkeeping needs once its answer is out.
@@ -63,8 +46,9 @@ pub struct Books {
     pub caller: String,
     pub started: UnixMillis,
     pub shards: u32,
+    pub cache_shards: u32,
     pub cohort: Option<Cohort>,
-    pub cache: Option<(String, String)>,
+    pub cache: Option<Slot>,
 }
 
 impl Books {
@@ -83,7 +67,7 @@ impl Books {
     /// Emits the request's record and its cohort's outcome.
     pub fn observe(&self, d: &dyn Defer, r: Record) {
         if let Some(c) = self.cohort.as_ref().filter(|c| c.counted) {
-            experiments::record(
+            isolate::record_outcome(
                 d,
                 &self.env,
                 &c.experiment,
@@ -91,7 +75,7 @@ impl Books {
                 plan::cohort_values(&r),
             );
         }
-        crate::telemetry::emit(d, &self.env, self.shards, &self.request_id, r);
+        isolate::emit(d, &self.env, self.shards, &self.request_id, r);
     }
 
     /// Settles a forwarded request once its body ended: one `Settle` (outcomes, unused
@@ -106,22 +90,12 @@ impl Books {
     ) {
         let s = p.settle(body);
         let record = s.record(&self.group, self.record(status, cache, latency_ms));
-        let msg = PRequest::Settle {
-            group: self.group.clone(),
-            outcomes: s.outcomes,
-            released: s.released,
-        };
-        let object = object_name(&self.group);
-        let settle = call::<_, PResponse>(&self.env, binding::PROVIDER_HEALTH, &object, &msg);
+        let providers = Providers::new(&self.env);
+        let settle = providers.settle(&self.group, s.outcomes, s.released);
         let fill = async {
-            if let (Some(f), Some((key, o))) = (s.fill, &self.cache) {
-                let msg = CacheRequest::Put {
-                    key: key.clone(),
-                    value: f.value,
-                    content_type: f.content_type,
-                    spec: f.spec,
-                };
-                let _ = call::<_, CacheResponse>(&self.env, binding::CACHE_SHARD, o, &msg).await;
+            if let (Some(f), Some(slot)) = (s.fill, &self.cache) {
+                let shards = CacheShards::with_shards(&self.env, self.cache_shards);
+                let _ = shards.put(slot, f.value, f.content_type, f.spec).await;
             }
         };
         let _ = futures::join!(settle, fill);

@@ -13,14 +13,15 @@ use gateway_core::config::Config;
 use gateway_core::observe::{CacheOutcome, Record};
 use gateway_core::protocol::cache::Cached;
 use gateway_core::proxy::{self as plan, Plan, Settings, Start, Step};
-use gateway_core::shard::shard_name;
 use gateway_core::UnixMillis;
 use worker::{Context, Env, Headers, Request, Response};
 
 use super::now;
 use super::ratelimit::{caller_key, check_caller, decision_response, header_values};
+use crate::clients::CacheShards;
 use crate::error::{problem_with_extra, AppResult};
 use crate::http::read_body;
+use crate::isolate;
 use crate::upstream::{lower_headers, walk, Outgoing, Walked};
 use hops::Books;
 
@@ -62,20 +63,20 @@ pub async fn proxy(
     let (method, gateway_path, caller) = (req.method(), req.path(), caller_key(&req));
 
     // 1. Rate limit, cache lookup and the caller's experiment cohort, concurrently.
-    let experiment = super::experiments::target_for(env, cfg, group, &format!("/{path}")).await;
+    let experiment = isolate::target_for(env, cfg, group, &format!("/{path}")).await;
     let allow = cfg.proxy_cache_query.get(group).map(Vec::as_slice);
+    let shards = CacheShards::new(env, cfg);
     let cache = plan::cache_key(&caller, group, method.as_ref(), path, &pairs, allow, &body)
-        .map(|k| (shard_name("cache", &k, cfg.cache_shards), k))
-        .map(|(object, key)| (key, object));
+        .map(|k| shards.slot_of(k));
     let cohort = async {
         match &experiment {
-            Some(n) => super::experiments::cohort(env, n, &caller).await,
+            Some(n) => isolate::cohort(env, n, &caller).await,
             None => None,
         }
     };
     let (limit, cached, cohort) = futures::join!(
         check_caller(&req, env, cfg),
-        hops::lookup(env, cache.as_ref(), cfg.cache_fill_lease_ms),
+        hops::lookup(&shards, cache.as_ref(), cfg.cache_fill_lease_ms),
         cohort
     );
     let (_, policy, decision, shadow_denied) = limit?;
@@ -87,6 +88,7 @@ pub async fn proxy(
         caller: caller.clone(),
         started,
         shards: cfg.aggregator_shards,
+        cache_shards: cfg.cache_shards,
         cohort: cohort.clone(),
         cache: cache.clone(),
     };
