@@ -16,6 +16,7 @@
 //! - [`migrate`]: which numbered SQL migrations a Durable Object still has to apply.
 //! - [`protocol`]: the versioned worker <-> Durable Object messages (postcard).
 //! - [`rate_limit`], [`cache`], [`balancer`], [`experiment`], [`observe`]: one per Durable Object.
+//! - [`sketch`]: the mergeable latency sketch (balancer health and observe aggregates).
 //! - [`alarm`]: the shared "when should this object wake up next" rule.
 
 pub mod alarm;
@@ -33,6 +34,7 @@ pub mod proxy;
 pub mod rate_limit;
 pub mod route;
 pub mod shard;
+pub mod sketch;
 pub mod time;
 pub mod validate;
 

@@ -18,7 +18,7 @@ pub mod series;
 
 use serde::{Deserialize, Serialize};
 
-use crate::balancer::sketch::LatencySketch;
+use crate::sketch::LatencySketch;
 use crate::{GatewayError, UnixMillis};
 
 /// A request's cache outcome.

@@ -10,6 +10,9 @@ use super::ObjectStats;
 use crate::rate_limit::policy::Policy;
 use crate::rate_limit::Decision;
 
+/// The effective-policy listing's domain types, re-exported at their wire path.
+pub use crate::rate_limit::policy::{PolicyEntry, PolicySource};
+
 /// A request to a rate-limiter shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -52,28 +55,6 @@ pub enum Request {
     },
     /// The effective policies.
     ListPolicies,
-}
-
-/// Where an effective policy comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PolicySource {
-    /// `RATE_LIMIT_POLICIES` in configuration.
-    Config,
-    /// Set through the admin API.
-    Admin,
-}
-
-/// One effective policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyEntry {
-    /// Name.
-    pub name: String,
-    /// Definition.
-    pub policy: Policy,
-    /// Origin.
-    pub source: PolicySource,
-    /// Version of the admin override (0 for configuration).
-    pub version: i64,
 }
 
 /// Per-policy decision counters of one shard.

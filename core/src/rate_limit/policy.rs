@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::sliding::{self, SlidingWindowPolicy, WindowState};
 use super::{Decision, TokenBucketPolicy};
-use crate::protocol::ratelimit::{PolicyEntry, PolicySource};
 use crate::{GatewayError, UnixMillis};
 
 /// The algorithm and its parameters.
@@ -229,6 +228,28 @@ fn shadowed(policy: &Policy, decision: Decision, new_state: Option<KeyState>) ->
             shadow_denied: false,
         }
     }
+}
+
+/// Where an effective policy comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicySource {
+    /// `RATE_LIMIT_POLICIES` in configuration.
+    Config,
+    /// Set through the admin API.
+    Admin,
+}
+
+/// One effective policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntry {
+    /// Name.
+    pub name: String,
+    /// Definition.
+    pub policy: Policy,
+    /// Origin.
+    pub source: PolicySource,
+    /// Version of the admin override (0 for configuration).
+    pub version: i64,
 }
 
 /// Run-time overrides of named policies, over the defaults from configuration. A `None`
