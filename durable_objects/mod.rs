@@ -305,6 +305,11 @@ impl<T> Lazy<T> {
         self.0.borrow().as_ref().map(f)
     }
 
+    /// Replaces the copy (after the storage it mirrors was written).
+    pub fn set(&self, value: T) {
+        *self.0.borrow_mut() = Some(value);
+    }
+
     /// Drops the copy: the next [`Lazy::get`] reloads from storage.
     pub fn forget(&self) {
         *self.0.borrow_mut() = None;

@@ -15,6 +15,7 @@
 //! ranked, and budgets); this module holds the [`Balancer`] that ties them together and
 //! re-exports their public types.
 
+pub mod group;
 mod health;
 mod spec;
 mod strategy;
@@ -23,6 +24,7 @@ mod tests;
 
 /// The latency sketch, at its former path (it lives in [`crate::sketch`]).
 pub use crate::sketch;
+pub use group::Group;
 pub use health::{
     Circuit, EjectionPolicy, ErrorClass, Outcome, ProviderHealth, FAILURE_MIN_SAMPLE,
     FAILURE_RATE_PERCENT, FAILURE_WINDOW_MS, HALF_OPEN_MAX_IN_FLIGHT, SLOW_START_MS,

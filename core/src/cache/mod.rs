@@ -17,6 +17,7 @@
 
 pub mod lease;
 pub mod policy;
+pub mod shard;
 #[cfg(test)]
 mod tests;
 

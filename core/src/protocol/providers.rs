@@ -71,6 +71,21 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The group the message is about.
+    pub fn group(&self) -> &str {
+        match self {
+            Request::Pick { group, .. }
+            | Request::Report { group, .. }
+            | Request::Configure { group, .. }
+            | Request::ReportMany { group, .. }
+            | Request::Status { group }
+            | Request::PickRanked { group, .. }
+            | Request::Settle { group, .. } => group,
+        }
+    }
+}
+
 /// One provider's live state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProviderStatus {
