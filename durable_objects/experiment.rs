@@ -1,413 +1,163 @@
-//! `ExperimentDO`: one experiment (`experiment:{name}`): definition, sticky assignments, per-arm
-//! metric moments, the decisions log and the alarm-driven analysis. The object named
-//! `experiment-index` of the same class keeps the list of experiments and their proxy targets.
+//! `ExperimentDO`: one experiment (`experiment:{name}`), or the index (`experiment-index`) of the
+//! same class, which keeps the list of experiments and their proxy targets.
 //!
-//! Assignment reads the stored arm first; only a unit never seen is hashed and stored (in the same
-//! synchronous block as its tally), so concurrent requests for one unit cannot disagree and a
-//! weight change never moves a unit. Promotion, rollback and halting happen inside one
-//! synchronous block that first checks the status, so alarm retries and concurrent `analyse`
-//! calls act exactly once.
+//! Every rule lives in `gateway_core::experiment::Machine`. Per request this adapter loads the
+//! machine once per instance, reads the stored arm of each unit the request names, makes one
+//! core call, persists the returned writes with synchronous `sql.exec` calls (no `.await` in
+//! between, so the input gate makes the read, the decision and the writes one atomic step: a
+//! verdict acts once and a unit's first assignment cannot race), arms the alarm and answers. The
+//! index is plain storage.
 
-use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use gateway_core::experiment::{
-    analyse, assign, covered, Analysis, ArmData, ExperimentDef, LegacyDef, MetricKind, Moments,
-    Target, Verdict, PRIMARY_ALIAS,
+    Change, Known, Machine, Moments, Stored, StoredDef, Target, DECISIONS_SHOWN, DEF_LAYOUT,
 };
-use gateway_core::protocol::experiment::{
-    Decision, IndexEntry, Request, Response as Reply, State as ExpState, Status,
-};
+use gateway_core::protocol::experiment::{Decision, IndexEntry, Request, Response as Reply};
 use gateway_core::{GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{col, decode_blob, encode_blob, int, migrations, now, real, text, Base, Db, Wake};
-
-/// Layout of the stored definition (1: before metrics and guardrails).
-const LAYOUT: i64 = 2;
-/// Decisions answered with the state (the newest).
-const DECISIONS_SHOWN: i64 = 50;
-/// Largest magnitude accepted for a metric value.
-const MAX_VALUE: f64 = 1e12;
+use super::row::Column;
+use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy, Wake};
 
 /// An experiment (or the experiment index).
 #[durable_object(alarm)]
 pub struct ExperimentDO {
     base: Base,
-    def: RefCell<Option<(String, ExperimentDef)>>,
+    machine: Lazy<Machine>,
 }
 
-fn bad(detail: impl Into<String>) -> GatewayError {
-    GatewayError::bad_request("invalid-experiment-event", detail)
+/// A `_meta` value as `T` (absent: `None`; of another type: a corruption error).
+fn meta<T: Column>(db: &Db, key: &str) -> Result<Option<T>, GatewayError> {
+    let row = db.one::<(T,)>("SELECT value FROM _meta WHERE key = ?", vec![key.into()])?;
+    Ok(row.map(|(v,)| v))
 }
 
-impl ExperimentDO {
-    fn store_def(
-        db: &Db,
-        name: &str,
-        def: &ExperimentDef,
-        now: UnixMillis,
-    ) -> Result<(), GatewayError> {
-        db.exec(
-            "INSERT INTO definition (id, name, def, updated_at, layout) VALUES (1, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, def = excluded.def, \
-             updated_at = excluded.updated_at, layout = excluded.layout",
-            vec![name.into(), encode_blob(def)?, now.0.into(), LAYOUT.into()],
-        )
-    }
-
-    /// Keeps the in-memory copy in step with storage.
-    fn remember(&self, name: &str, def: &ExperimentDef) {
-        *self.def.borrow_mut() = Some((name.to_string(), def.clone()));
-    }
-
-    /// The definition: from memory, storage, or configuration (stored on first use, unless an
-    /// admin deleted it), else 404.
-    fn load(
-        &self,
-        db: &Db,
-        name: Option<&str>,
-        now: UnixMillis,
-    ) -> Result<(String, ExperimentDef), GatewayError> {
-        if let Some(d) = self.def.borrow().as_ref() {
-            return Ok(d.clone());
-        }
-        let rows = db.rows(
-            "SELECT name, def, layout FROM definition WHERE id = 1",
+/// Reads every row the machine is built from.
+fn load(db: &Db, interval_ms: u64) -> Result<Machine, GatewayError> {
+    let definition = db
+        .one::<(String, i64, Vec<u8>)>(
+            "SELECT name, layout, def FROM definition WHERE id = 1",
             vec![],
-        )?;
-        let loaded = if let Some(row) = rows.first() {
-            let def = if int(col(row, 2)?) == Some(LAYOUT) {
-                decode_blob::<ExperimentDef>(col(row, 1)?)?
-            } else {
-                decode_blob::<LegacyDef>(col(row, 1)?)?.into()
-            };
-            (text(col(row, 0)?).unwrap_or_default(), def)
-        } else {
-            let name =
-                name.ok_or_else(|| GatewayError::NotFound("experiment not defined".into()))?;
-            if db.meta("deleted")? != 0 {
-                return Err(GatewayError::NotFound(format!(
-                    "experiment {name} was deleted"
-                )));
-            }
-            let cfg = self.base.cfg()?;
-            let def = cfg
-                .experiments
-                .get(name)
-                .cloned()
-                .ok_or_else(|| GatewayError::NotFound(format!("no experiment named {name}")))?;
-            Self::store_def(db, name, &def, now)?;
-            (name.to_string(), def)
-        };
-        self.remember(&loaded.0, &loaded.1);
-        Ok(loaded)
-    }
-
-    fn status(db: &Db) -> Result<Status, GatewayError> {
-        Ok(db
-            .meta_text("status")?
-            .as_deref()
-            .and_then(Status::parse)
-            .unwrap_or(Status::Running))
-    }
-
-    fn data(db: &Db, def: &ExperimentDef) -> Result<Vec<ArmData>, GatewayError> {
-        let metrics: Vec<&str> = def.metrics().map(|m| m.name.as_str()).collect();
-        let mut out = vec![
-            ArmData {
-                assigned: 0,
-                metrics: vec![Moments::default(); metrics.len()],
-            };
-            def.variants.len()
-        ];
-        for row in db.rows("SELECT variant, assigned FROM tallies", vec![])? {
-            let name = text(col(&row, 0)?).unwrap_or_default();
-            if let Some(i) = def.position(&name) {
-                out[i].assigned = u64::try_from(int(col(&row, 1)?).unwrap_or(0)).unwrap_or(0);
-            }
-        }
-        for row in db.rows(
+        )?
+        .map(|(name, layout, def)| StoredDef { name, layout, def });
+    let moments = db
+        .all::<(String, String, u64, f64, f64)>(
             "SELECT variant, metric, n, sum, sum_sq FROM metric_tallies",
             vec![],
-        )? {
-            let arm = text(col(&row, 0)?).unwrap_or_default();
-            let metric = text(col(&row, 1)?).unwrap_or_default();
-            if let (Some(i), Some(k)) = (
-                def.position(&arm),
-                metrics.iter().position(|m| *m == metric),
-            ) {
-                out[i].metrics[k] = Moments {
-                    n: u64::try_from(int(col(&row, 2)?).unwrap_or(0)).unwrap_or(0),
-                    sum: real(col(&row, 3)?).unwrap_or(0.0),
-                    sum_sq: real(col(&row, 4)?).unwrap_or(0.0),
-                };
-            }
-        }
-        Ok(out)
-    }
+        )?
+        .into_iter()
+        .map(|(arm, metric, n, sum, sum_sq)| (arm, metric, Moments { n, sum, sum_sq }))
+        .collect();
+    let decisions = db
+        .all::<(String, Option<String>, i64, String)>(
+            "SELECT kind, arm, at, reason FROM \
+             (SELECT seq, kind, arm, at, reason FROM decisions ORDER BY seq DESC LIMIT ?) \
+             ORDER BY seq",
+            vec![i64::try_from(DECISIONS_SHOWN).unwrap_or(i64::MAX).into()],
+        )?
+        .into_iter()
+        .map(|(kind, arm, at, reason)| Decision {
+            kind,
+            arm,
+            at: UnixMillis(at),
+            reason,
+        })
+        .collect();
+    let stored = Stored {
+        definition,
+        deleted: meta::<bool>(db, "deleted")?.unwrap_or(false),
+        status: meta(db, "status")?,
+        winner: meta(db, "winner")?,
+        promotions: meta(db, "promotions")?.unwrap_or(0),
+        assigned: db.all("SELECT variant, assigned FROM tallies", vec![])?,
+        moments,
+        analysis: db
+            .one::<(Vec<u8>,)>("SELECT snapshot FROM analysis WHERE id = 1", vec![])?
+            .map(|(b,)| b),
+        decisions,
+    };
+    Machine::load(stored, interval_ms)
+}
 
-    fn stored_arm(db: &Db, unit: &str) -> Result<Option<String>, GatewayError> {
-        Ok(db
-            .rows(
-                "SELECT variant FROM assignments WHERE unit = ?",
-                vec![unit.into()],
-            )?
-            .first()
-            .and_then(|r| r.first())
-            .and_then(text))
-    }
-
-    fn decide(
-        db: &Db,
-        kind: &str,
-        arm: Option<&str>,
-        reason: &str,
-        now: UnixMillis,
-    ) -> Result<(), GatewayError> {
-        db.exec(
-            "INSERT INTO decisions (kind, arm, at, reason) VALUES (?, ?, ?, ?)",
-            vec![
-                kind.into(),
-                arm.map_or(worker::SqlStorageValue::Null, Into::into),
-                now.0.into(),
-                reason.into(),
-            ],
-        )
-    }
-
-    fn assigned(def: &ExperimentDef, arm: usize, new: bool, counted: bool) -> Reply {
-        let v = def.variants.get(arm).or(def.variants.first());
-        Reply::Assigned {
-            variant: v.map(|v| v.name.clone()).unwrap_or_default(),
-            params: v.map(|v| v.params.clone()).unwrap_or_default(),
-            new,
-            counted,
+/// The stored arm of each unit (units never assigned are absent).
+fn stored_arms(db: &Db, units: Vec<&str>) -> Result<BTreeMap<String, String>, GatewayError> {
+    let mut arms = BTreeMap::new();
+    for unit in units {
+        if arms.contains_key(unit) {
+            continue;
         }
-    }
-
-    fn do_assign(
-        &self,
-        db: &Db,
-        def: &ExperimentDef,
-        unit: &str,
-        now: UnixMillis,
-    ) -> Result<(Reply, bool), GatewayError> {
-        let stored = Self::stored_arm(db, unit)?;
-        match Self::status(db)? {
-            Status::Concluded => {
-                // Everyone gets the promoted configuration. A unit seen for the first time is
-                // recorded on the winner, so its outcomes still count.
-                let w = db
-                    .meta_text("winner")?
-                    .and_then(|w| def.position(&w))
-                    .unwrap_or(0);
-                let new = stored.is_none();
-                if new {
-                    db.exec(
-                        "INSERT INTO assignments (unit, variant, assigned_at) VALUES (?, ?, ?)",
-                        vec![
-                            unit.into(),
-                            def.variants[w].name.as_str().into(),
-                            now.0.into(),
-                        ],
-                    )?;
-                }
-                let counted = stored.as_deref().is_none_or(|s| s == def.variants[w].name);
-                return Ok((Self::assigned(def, w, new, counted), new));
-            }
-            Status::Paused | Status::Halted | Status::RolledBack => {
-                return Ok((Self::assigned(def, 0, false, false), false));
-            }
-            Status::Running => {}
-        }
-        if let Some(i) = stored.as_deref().and_then(|a| def.position(a)) {
-            // Sticky. A retired arm's units get the control and are no longer counted.
-            return Ok(if def.variants[i].retired {
-                (Self::assigned(def, 0, false, false), false)
-            } else {
-                (Self::assigned(def, i, false, true), false)
-            });
-        }
-        if !covered(def, unit) {
-            return Ok((Self::assigned(def, 0, false, false), false));
-        }
-        let i = assign(def, unit);
-        let v = def
-            .variants
-            .get(i)
-            .ok_or_else(|| GatewayError::Internal("assignment out of range".into()))?;
-        db.exec(
-            "INSERT INTO assignments (unit, variant, assigned_at) VALUES (?, ?, ?) \
-             ON CONFLICT (unit) DO UPDATE SET variant = excluded.variant, assigned_at = excluded.assigned_at",
-            vec![unit.into(), v.name.as_str().into(), now.0.into()],
+        let row = db.one::<(String,)>(
+            "SELECT variant FROM assignments WHERE unit = ?",
+            vec![unit.into()],
         )?;
-        db.exec(
-            "INSERT INTO tallies (variant, assigned) VALUES (?, 1) \
-             ON CONFLICT (variant) DO UPDATE SET assigned = assigned + 1",
-            vec![v.name.as_str().into()],
-        )?;
-        Ok((Self::assigned(def, i, true, true), true))
-    }
-
-    fn do_event(
-        db: &Db,
-        name: &str,
-        def: &ExperimentDef,
-        unit: &str,
-        values: &[(String, f64)],
-    ) -> Result<(Reply, bool), GatewayError> {
-        // Validate everything before writing anything.
-        let mut tracked = Vec::new();
-        let mut ignored = Vec::new();
-        for (metric, v) in values {
-            let metric = if metric == PRIMARY_ALIAS {
-                &def.primary.name
-            } else {
-                metric
-            };
-            match def.metrics().find(|m| &m.name == metric) {
-                Some(m) => {
-                    if !v.is_finite() || v.abs() > MAX_VALUE {
-                        return Err(bad(format!("{metric} must be a finite number")));
-                    }
-                    if m.kind == MetricKind::Binary && *v != 0.0 && *v != 1.0 {
-                        return Err(bad(format!("{metric} is binary: send 0 or 1")));
-                    }
-                    tracked.push((metric.as_str(), *v));
-                }
-                None => ignored.push(metric.clone()),
-            }
+        if let Some((arm,)) = row {
+            arms.insert(unit.to_string(), arm);
         }
-        let Some(arm) = Self::stored_arm(db, unit)? else {
-            if !covered(def, unit) || Self::status(db)? != Status::Running {
-                let control = def.variants.first().map(|v| v.name.clone());
-                return Ok((
-                    Reply::Recorded {
-                        variant: control.unwrap_or_default(),
-                        counted: false,
-                        ignored,
-                    },
-                    false,
-                ));
-            }
-            return Err(GatewayError::Conflict(format!(
-                "unit {unit} was never assigned in {name}: assign it first"
-            )));
-        };
-        let status = Self::status(db)?;
-        let counted = matches!(status, Status::Running | Status::Concluded)
-            && def.position(&arm).is_some_and(|i| !def.variants[i].retired)
-            && (status != Status::Concluded
-                || db.meta_text("winner")?.as_deref() == Some(arm.as_str()));
-        if counted {
-            for (metric, v) in &tracked {
-                db.exec(
-                    "INSERT INTO metric_tallies (variant, metric, n, sum, sum_sq) VALUES (?, ?, 1, ?, ?) \
-                     ON CONFLICT (variant, metric) DO UPDATE SET n = n + 1, sum = sum + excluded.sum, \
-                     sum_sq = sum_sq + excluded.sum_sq",
-                    vec![arm.as_str().into(), (*metric).into(), (*v).into(), (v * v).into()],
-                )?;
-            }
-        }
-        Ok((
-            Reply::Recorded {
-                variant: arm,
-                counted,
-                ignored,
-            },
-            counted,
-        ))
     }
+    Ok(arms)
+}
 
-    fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
-        let db = self.base.db(migrations::EXPERIMENT, now)?;
-        match msg {
-            Request::Define { name, def } => {
-                def.validate()?;
-                let existed = !db
-                    .rows("SELECT 1 FROM definition WHERE id = 1", vec![])?
-                    .is_empty();
-                Self::store_def(&db, &name, &def, now)?;
-                db.set_meta("deleted", 0)?;
-                self.remember(&name, &def);
-                Ok((Reply::Defined { created: !existed }, true))
+/// Persists what the machine changed, in order.
+fn persist(db: &Db, writes: &[Change]) -> Result<(), GatewayError> {
+    for change in writes {
+        match change {
+            Change::Definition { name, def, at } => db.exec(
+                "INSERT INTO definition (id, name, def, updated_at, layout) VALUES (1, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, def = excluded.def, \
+                 updated_at = excluded.updated_at, layout = excluded.layout",
+                vec![
+                    name.as_str().into(),
+                    encode_blob(def)?,
+                    at.0.into(),
+                    DEF_LAYOUT.into(),
+                ],
+            )?,
+            Change::Deleted(deleted) => db.set_meta("deleted", i64::from(*deleted))?,
+            Change::Assignment { unit, arm, at } => db.exec(
+                "INSERT INTO assignments (unit, variant, assigned_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (unit) DO UPDATE SET variant = excluded.variant, assigned_at = excluded.assigned_at",
+                vec![unit.as_str().into(), arm.as_str().into(), at.0.into()],
+            )?,
+            Change::Assigned { arm } => db.exec(
+                "INSERT INTO tallies (variant, assigned) VALUES (?, 1) \
+                 ON CONFLICT (variant) DO UPDATE SET assigned = assigned + 1",
+                vec![arm.as_str().into()],
+            )?,
+            Change::Observed { arm, metric, value } => db.exec(
+                "INSERT INTO metric_tallies (variant, metric, n, sum, sum_sq) VALUES (?, ?, 1, ?, ?) \
+                 ON CONFLICT (variant, metric) DO UPDATE SET n = n + 1, sum = sum + excluded.sum, \
+                 sum_sq = sum_sq + excluded.sum_sq",
+                vec![
+                    arm.as_str().into(),
+                    metric.as_str().into(),
+                    (*value).into(),
+                    (value * value).into(),
+                ],
+            )?,
+            Change::Status(status) => db.set_meta_text("status", status.as_str())?,
+            Change::Promoted { arm, at } => {
+                db.set_meta_text("winner", arm)?;
+                db.add_meta("promotions", 1)?;
+                db.set_meta("promoted_at", at.0)?;
             }
-            Request::Assign { name, unit } => {
-                let (_, def) = self.load(&db, Some(&name), now)?;
-                self.do_assign(&db, &def, &unit, now)
-            }
-            Request::Event { name, unit, values } => {
-                let (_, def) = self.load(&db, Some(&name), now)?;
-                Self::do_event(&db, &name, &def, &unit, &values)
-            }
-            Request::Events { name, events } => {
-                let (_, def) = self.load(&db, Some(&name), now)?;
-                let (mut counted, mut skipped) = (0u32, 0u32);
-                for (unit, values) in &events {
-                    match Self::do_event(&db, &name, &def, unit, values) {
-                        Ok((Reply::Recorded { counted: true, .. }, _)) => counted += 1,
-                        _ => skipped += 1,
-                    }
-                }
-                Ok((Reply::RecordedMany { counted, skipped }, counted > 0))
-            }
-            Request::Analyse { name } => {
-                let (_, def) = self.load(&db, Some(&name), now)?;
-                self.run_analysis(&db, &def, now)?;
-                self.state(&db, now, &name)
-            }
-            Request::Get { name } => self.state(&db, now, &name),
-            Request::Pause { name, paused } => {
-                self.load(&db, Some(&name), now)?;
-                let status = Self::status(&db)?;
-                let next = match (status, paused) {
-                    (Status::Running, true) => Some(Status::Paused),
-                    (Status::Paused | Status::Halted, false) => Some(Status::Running),
-                    (Status::Paused, true) | (Status::Running, false) => None,
-                    (s, _) => {
-                        return Err(GatewayError::Conflict(format!(
-                            "experiment {name} is {}: it cannot be {}",
-                            s.as_str(),
-                            if paused { "paused" } else { "resumed" }
-                        )))
-                    }
-                };
-                if let Some(next) = next {
-                    db.set_meta_text("status", next.as_str())?;
-                    let kind = if paused { "pause" } else { "resume" };
-                    Self::decide(&db, kind, None, &format!("admin {kind}"), now)?;
-                }
-                let (reply, _) = self.state(&db, now, &name)?;
-                Ok((reply, next == Some(Status::Running)))
-            }
-            Request::Retire { name, arm } => {
-                let (name, mut def) = self.load(&db, Some(&name), now)?;
-                let i = def
-                    .position(&arm)
-                    .ok_or_else(|| GatewayError::NotFound(format!("no arm {arm} in {name}")))?;
-                if i == 0 {
-                    return Err(GatewayError::bad_request(
-                        "invalid-experiment",
-                        "the control cannot be retired",
-                    ));
-                }
-                if !def.variants[i].retired {
-                    self.retire(
-                        &db,
-                        &name,
-                        &mut def,
-                        i,
-                        "retire",
-                        "admin retired the arm",
-                        now,
-                    )?;
-                }
-                self.state(&db, now, &name)
-            }
-            Request::Delete { .. } => {
-                let existed = !db
-                    .rows("SELECT 1 FROM definition WHERE id = 1", vec![])?
-                    .is_empty();
+            Change::Analysis { snapshot, at } => db.exec(
+                "INSERT INTO analysis (id, snapshot, at) VALUES (1, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot, at = excluded.at",
+                vec![encode_blob(snapshot)?, at.0.into()],
+            )?,
+            Change::Decision(d) => db.exec(
+                "INSERT INTO decisions (kind, arm, at, reason) VALUES (?, ?, ?, ?)",
+                vec![
+                    d.kind.as_str().into(),
+                    d.arm
+                        .as_deref()
+                        .map_or(worker::SqlStorageValue::Null, Into::into),
+                    d.at.0.into(),
+                    d.reason.as_str().into(),
+                ],
+            )?,
+            Change::Erased => {
                 for table in [
                     "definition",
                     "assignments",
@@ -422,211 +172,103 @@ impl ExperimentDO {
                     "DELETE FROM _meta WHERE key IN ('winner', 'promotions', 'promoted_at', 'status')",
                     vec![],
                 )?;
-                db.set_meta("deleted", 1)?;
-                *self.def.borrow_mut() = None;
-                Ok((Reply::Deleted { existed }, false))
-            }
-            Request::IndexPut { name, target } => {
-                db.exec(
-                    "INSERT INTO experiment_index (name, target, deleted, updated_at) VALUES (?, ?, 0, ?) \
-                     ON CONFLICT (name) DO UPDATE SET target = excluded.target, deleted = 0, updated_at = excluded.updated_at",
-                    vec![name.into(), encode_blob(&target)?, now.0.into()],
-                )?;
-                Ok((Reply::Index(vec![]), false))
-            }
-            Request::IndexDelete { name } => {
-                db.exec(
-                    "INSERT INTO experiment_index (name, target, deleted, updated_at) VALUES (?, NULL, 1, ?) \
-                     ON CONFLICT (name) DO UPDATE SET target = NULL, deleted = 1, updated_at = excluded.updated_at",
-                    vec![name.into(), now.0.into()],
-                )?;
-                Ok((Reply::Index(vec![]), false))
-            }
-            Request::IndexList => {
-                let mut out = Vec::new();
-                for row in db.rows(
-                    "SELECT name, target, deleted FROM experiment_index ORDER BY name",
-                    vec![],
-                )? {
-                    let target: Option<Target> = col(&row, 1)
-                        .ok()
-                        .and_then(|v| decode_blob(v).ok())
-                        .flatten();
-                    out.push(IndexEntry {
-                        name: text(col(&row, 0)?).unwrap_or_default(),
-                        target,
-                        deleted: int(col(&row, 2)?).unwrap_or(0) != 0,
-                    });
-                }
-                Ok((Reply::Index(out), false))
             }
         }
     }
-
-    /// Retires arm `i` (by an admin or a rollback) and records the decision; when no treatment
-    /// is left, the experiment is rolled back (everyone gets the control).
-    #[allow(clippy::too_many_arguments)]
-    fn retire(
-        &self,
-        db: &Db,
-        name: &str,
-        def: &mut ExperimentDef,
-        i: usize,
-        kind: &str,
-        reason: &str,
-        now: UnixMillis,
-    ) -> Result<bool, GatewayError> {
-        def.variants[i].retired = true;
-        Self::store_def(db, name, def, now)?;
-        self.remember(name, def);
-        Self::decide(db, kind, Some(&def.variants[i].name), reason, now)?;
-        let left = def.variants.iter().skip(1).any(|v| !v.retired);
-        if !left {
-            db.set_meta_text("status", Status::RolledBack.as_str())?;
-        }
-        Ok(left)
-    }
-
-    fn decisions(db: &Db) -> Result<Vec<Decision>, GatewayError> {
-        let mut out: Vec<Decision> = db
-            .rows(
-                "SELECT kind, arm, at, reason FROM decisions ORDER BY seq DESC LIMIT ?",
-                vec![DECISIONS_SHOWN.into()],
-            )?
-            .iter()
-            .map(|row| Decision {
-                kind: row.first().and_then(text).unwrap_or_default(),
-                arm: row.get(1).and_then(text),
-                at: UnixMillis(row.get(2).and_then(int).unwrap_or(0)),
-                reason: row.get(3).and_then(text).unwrap_or_default(),
-            })
-            .collect();
-        out.reverse();
-        Ok(out)
-    }
-
-    fn state(&self, db: &Db, now: UnixMillis, name: &str) -> Result<(Reply, bool), GatewayError> {
-        let (name, def) = self.load(db, Some(name), now)?;
-        let data = Self::data(db, &def)?;
-        Ok((
-            Reply::State(Box::new(ExpState {
-                name,
-                analysis: Self::stored_analysis(db),
-                object: self.base.object_stats(db)?,
-                winner: db.meta_text("winner")?,
-                promotions: u64::try_from(db.meta("promotions")?).unwrap_or(0),
-                status: Self::status(db)?,
-                decisions: Self::decisions(db)?,
-                def,
-                data,
-            })),
-            false,
-        ))
-    }
-
-    fn interval(&self) -> u64 {
-        self.base
-            .cfg()
-            .map(|c| c.experiment_analysis_interval_ms)
-            .unwrap_or(60_000)
-    }
-
-    fn stored_analysis(db: &Db) -> Option<Analysis> {
-        let rows = db
-            .rows("SELECT snapshot FROM analysis WHERE id = 1", vec![])
-            .ok()?;
-        // A snapshot in an older layout is dropped: the next analysis recomputes it.
-        rows.first()
-            .and_then(|row| col(row, 0).ok().and_then(|v| decode_blob(v).ok()))
-    }
-
-    /// Analyses now and acts on the verdict: promote the winner, roll a treatment back, or halt
-    /// (each in the same synchronous block as the status check, so concurrent analyses and
-    /// alarm retries act once). Returns whether the experiment is still running.
-    fn run_analysis(
-        &self,
-        db: &Db,
-        def: &ExperimentDef,
-        now: UnixMillis,
-    ) -> Result<bool, GatewayError> {
-        if Self::status(db)? != Status::Running {
-            return Ok(false);
-        }
-        let name = self
-            .def
-            .borrow()
-            .as_ref()
-            .map(|d| d.0.clone())
-            .unwrap_or_default();
-        let previous = Self::stored_analysis(db);
-        let analysis = analyse(def, &Self::data(db, def)?, previous.as_ref());
-        db.exec(
-            "INSERT INTO analysis (id, snapshot, at) VALUES (1, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot, at = excluded.at",
-            vec![encode_blob(&analysis)?, now.0.into()],
-        )?;
-        match &analysis.verdict {
-            Verdict::Promote(arm) => {
-                db.set_meta_text("winner", arm)?;
-                db.add_meta("promotions", 1)?;
-                db.set_meta("promoted_at", now.0)?;
-                db.set_meta_text("status", Status::Concluded.as_str())?;
-                let reason = promotion_reason(&analysis, arm);
-                Self::decide(db, "promote", Some(arm), &reason, now)?;
-                Ok(false)
-            }
-            Verdict::Rollback(arm, reason) => {
-                let mut def = def.clone();
-                match def.position(arm) {
-                    Some(i) => self.retire(db, &name, &mut def, i, "rollback", reason, now),
-                    None => Ok(true),
-                }
-            }
-            Verdict::Halt(reason) => {
-                db.set_meta_text("status", Status::Halted.as_str())?;
-                Self::decide(db, "halt", None, reason, now)?;
-                Ok(false)
-            }
-            Verdict::Continue(_) => Ok(true),
-        }
-    }
-
-    fn analyse(&self, now: UnixMillis) -> Result<bool, GatewayError> {
-        let db = self.base.db(migrations::EXPERIMENT, now)?;
-        let Ok((_, def)) = self.load(&db, None, now) else {
-            return Ok(false);
-        };
-        let running = self.run_analysis(&db, &def, now)?;
-        self.base.record_alarm_run(&db, now)?;
-        Ok(running)
-    }
+    Ok(())
 }
 
-/// The statistics behind a promotion, for the decisions log.
-fn promotion_reason(a: &Analysis, arm: &str) -> String {
-    a.arms
-        .iter()
-        .find(|x| x.name == arm)
-        .and_then(|x| x.metrics.first())
-        .map_or_else(
-            || "the decision rule held".into(),
-            |m| {
-                let (effect, lo, hi) = m
-                    .vs_control
-                    .map_or((0.0, 0.0, 0.0), |r| (r.effect, r.ci_low, r.ci_high));
-                format!(
-                    "{} improved by {effect:+.4} (95% CI {lo:+.4} to {hi:+.4}, sequential p = {:.2e}, n = {})",
-                    m.metric, m.sequential_p, m.n
-                )
-            },
-        )
+/// An index row: name, target (NULL once deleted), deleted.
+type IndexRow = (String, Option<Blob<Option<Target>>>, bool);
+
+/// The index object's requests (plain storage); other requests are handed back.
+fn index(db: &Db, msg: Request, now: UnixMillis) -> Result<Result<Reply, Request>, GatewayError> {
+    match msg {
+        Request::IndexPut { name, target } => db.exec(
+            "INSERT INTO experiment_index (name, target, deleted, updated_at) VALUES (?, ?, 0, ?) \
+             ON CONFLICT (name) DO UPDATE SET target = excluded.target, deleted = 0, updated_at = excluded.updated_at",
+            vec![name.into(), encode_blob(&target)?, now.0.into()],
+        )?,
+        Request::IndexDelete { name } => db.exec(
+            "INSERT INTO experiment_index (name, target, deleted, updated_at) VALUES (?, NULL, 1, ?) \
+             ON CONFLICT (name) DO UPDATE SET target = NULL, deleted = 1, updated_at = excluded.updated_at",
+            vec![name.into(), now.0.into()],
+        )?,
+        Request::IndexList => {
+            let rows: Vec<IndexRow> = db.all(
+                "SELECT name, target, deleted FROM experiment_index ORDER BY name",
+                vec![],
+            )?;
+            let entries = rows
+                .into_iter()
+                .map(|(name, target, deleted)| IndexEntry {
+                    name,
+                    target: target.and_then(|t| t.0),
+                    deleted,
+                })
+                .collect();
+            return Ok(Ok(Reply::Index(entries)));
+        }
+        msg => return Ok(Err(msg)),
+    }
+    Ok(Ok(Reply::Index(vec![])))
+}
+
+impl ExperimentDO {
+    fn interval(&self) -> u64 {
+        self.base.interval(|c| c.experiment_analysis_interval_ms)
+    }
+
+    /// Load → one core call → persist → answer (synchronous from the first read to the last
+    /// write).
+    fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+        let db = self.base.db(migrations::EXPERIMENT, now)?;
+        let msg = match index(&db, msg, now)? {
+            Ok(reply) => return Ok((reply, Wake::Idle)),
+            Err(msg) => msg,
+        };
+        let cfg = self.base.cfg()?;
+        let known = Known {
+            arms: stored_arms(&db, Machine::units(&msg))?,
+            configured: &cfg.experiments,
+        };
+        let (mut reply, writes, due) = {
+            let mut m = self.machine.get(|| load(&db, self.interval()))?;
+            let (reply, writes) = m.handle(msg, &known, now)?;
+            (reply, writes, m.next_deadline())
+        };
+        // Memory ran ahead of storage: a failed write reloads on the next request.
+        self.machine.write(|| persist(&db, &writes))?;
+        if let Reply::State(state) = &mut reply {
+            state.object = self.base.object_stats(&db)?;
+        }
+        Ok((reply, due.map_or(Wake::Idle, |at| Wake::By(Some(at)))))
+    }
+
+    /// The alarm: one core call, its writes and the run's bookkeeping in one synchronous block.
+    /// Returns whether the alarm should run again.
+    fn analyse(&self, now: UnixMillis) -> Result<bool, GatewayError> {
+        let db = self.base.db(migrations::EXPERIMENT, now)?;
+        let (effects, due) = {
+            let mut m = self.machine.get(|| load(&db, self.interval()))?;
+            (m.on_alarm(now), m.next_deadline())
+        };
+        self.machine.write(|| {
+            persist(&db, &effects.writes)?;
+            if effects.ran {
+                self.base.record_alarm_run(&db, now)?;
+            }
+            Ok(())
+        })?;
+        Ok(due.is_some())
+    }
 }
 
 impl DurableObject for ExperimentDO {
     fn new(state: State, env: Env) -> Self {
         ExperimentDO {
             base: Base::new(state, env),
-            def: RefCell::new(None),
+            machine: Lazy::default(),
         }
     }
 
@@ -634,7 +276,6 @@ impl DurableObject for ExperimentDO {
         self.base
             .serve(&mut req, self.interval(), |msg, now| async move {
                 self.handle(msg, now)
-                    .map(|(r, changed)| (r, Wake::from(changed)))
             })
             .await
     }
