@@ -6,6 +6,9 @@
 //! Reloading a fresh machine from the store stands for an evicted instance, so each scenario
 //! also proves the writes are complete: what memory knew, storage knows.
 
+// The harness outside `#[test]` functions unwraps too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 
 use gateway_core::experiment::{
