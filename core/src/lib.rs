@@ -37,6 +37,7 @@ pub mod shard;
 pub mod sketch;
 pub mod time;
 pub mod validate;
+pub mod views;
 
 pub use error::GatewayError;
 pub use time::UnixMillis;

@@ -3,10 +3,10 @@
 
 use futures::future::join_all;
 use gateway_core::config::{Config, ExperimentVar};
-use gateway_core::experiment::{MetricKind, Verdict, PRIMARY_ALIAS};
+use gateway_core::experiment::PRIMARY_ALIAS;
 use gateway_core::protocol::experiment::State;
-use gateway_core::validate;
 use gateway_core::GatewayError;
+use gateway_core::{validate, views};
 use serde::Deserialize;
 use serde_json::{json as j, Value};
 use worker::{Env, Request, Response};
@@ -19,135 +19,8 @@ use crate::isolate::forget_targets;
 /// Most experiments `GET /v1/experiments` reads.
 const LIST_MAX: usize = 100;
 
-fn params(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
-fn verdict_json(v: &Verdict) -> Value {
-    match v {
-        Verdict::Continue(r) => j!({ "kind": "continue", "arm": null, "reason": r }),
-        Verdict::Promote(a) => {
-            j!({ "kind": "promote", "arm": a, "reason": "the decision rule held" })
-        }
-        Verdict::Rollback(a, r) => j!({ "kind": "rollback", "arm": a, "reason": r }),
-        Verdict::Halt(r) => j!({ "kind": "halt", "arm": null, "reason": r }),
-    }
-}
-
-fn finite(x: f64) -> Value {
-    if x.is_finite() {
-        j!(x)
-    } else {
-        Value::Null
-    }
-}
-
-/// The public JSON view of an experiment's state.
-pub fn state_json(s: &State) -> Value {
-    let metric_names: Vec<&str> = s.def.metrics().map(|m| m.name.as_str()).collect();
-    let arms: Vec<Value> = s
-        .def
-        .variants
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let d = s.data.get(i).cloned().unwrap_or_default();
-            let metrics: serde_json::Map<String, Value> = metric_names
-                .iter()
-                .enumerate()
-                .map(|(k, m)| {
-                    let x = d.metric(k);
-                    (
-                        (*m).to_string(),
-                        j!({ "n": x.n, "mean": x.mean().map(finite) }),
-                    )
-                })
-                .collect();
-            j!({
-                "name": v.name,
-                "weight": v.weight,
-                "retired": v.retired,
-                "params": params(&v.params),
-                "assigned": d.assigned,
-                "metrics": metrics,
-            })
-        })
-        .collect();
-    let metric_json = |m: &gateway_core::experiment::MetricDef| {
-        j!({
-            "name": m.name,
-            "kind": if m.kind == MetricKind::Binary { "binary" } else { "continuous" },
-            "better": if m.better == gateway_core::experiment::Better::Higher { "higher" } else { "lower" },
-        })
-    };
-    let analysis = s.analysis.as_ref().map(|a| {
-        let arms: Vec<Value> = a
-            .arms
-            .iter()
-            .map(|arm| {
-                let metrics: Vec<Value> = arm
-                    .metrics
-                    .iter()
-                    .map(|m| {
-                        j!({
-                            "metric": m.metric,
-                            "n": m.n,
-                            "mean": m.mean.map(finite),
-                            "ci": m.ci.map(|(lo, hi)| j!([finite(lo), finite(hi)])),
-                            "vs_control": m.vs_control.map(|r| j!({
-                                "effect": finite(r.effect),
-                                "ci": [finite(r.ci_low), finite(r.ci_high)],
-                                "p_value": finite(r.p_value),
-                                "statistic": finite(r.statistic),
-                            })),
-                            "sequential_p": finite(m.sequential_p),
-                        })
-                    })
-                    .collect();
-                j!({ "name": arm.name, "assigned": arm.assigned, "retired": arm.retired, "metrics": metrics })
-            })
-            .collect();
-        j!({
-            "events": a.events,
-            "srm_p": a.srm_p.map(finite),
-            "srm": match a.srm_p {
-                Some(p) if p < gateway_core::experiment::SRM_ALPHA => "mismatch",
-                Some(_) => "ok",
-                None => "unknown",
-            },
-            "verdict": verdict_json(&a.verdict),
-            "arms": arms,
-        })
-    });
-    let decision_json = |d: &gateway_core::protocol::experiment::Decision| j!({ "kind": d.kind, "arm": d.arm, "at": d.at.to_rfc3339(), "reason": d.reason });
-    let decisions: Vec<Value> = s.decisions.iter().map(decision_json).collect();
-    let decision = s
-        .decisions
-        .iter()
-        .rev()
-        .find(|d| matches!(d.kind.as_str(), "promote" | "rollback" | "halt"))
-        .map(decision_json);
-    j!({
-        "name": s.name,
-        "status": s.status.as_str(),
-        "seed": s.def.seed,
-        "coverage": f64::from(s.def.coverage) / 10_000.0,
-        "min_sample": s.def.min_sample,
-        "primary": metric_json(&s.def.primary),
-        "guardrails": s.def.guardrails.iter().map(metric_json).collect::<Vec<_>>(),
-        "target": s.def.target.as_ref().map(|t| j!({ "group": t.group, "path_prefix": t.path_prefix })),
-        "variants": arms,
-        "analysis": analysis,
-        "winner": s.winner,
-        "promotions": s.promotions,
-        "decision": decision,
-        "decisions": decisions,
-        "object": s.object,
-    })
-}
-
 fn state_response(s: State) -> AppResult<Response> {
-    json(&state_json(&s), 200)
+    json(&views::experiment(&s), 200)
 }
 
 /// `GET /v1/experiments/{name}`.
@@ -199,7 +72,7 @@ pub async fn list(env: &Env, cfg: &Config) -> AppResult<Response> {
     let states = join_all(names.iter().take(LIST_MAX).map(|(n, _)| client.get(n))).await;
     let experiments: Vec<Value> = states
         .into_iter()
-        .filter_map(|r| r.ok().map(|s| state_json(&s)))
+        .filter_map(|r| r.ok().map(|s| views::experiment(&s)))
         .collect();
     json(
         &j!({ "experiments": experiments, "truncated": names.len() > LIST_MAX }),
@@ -223,7 +96,7 @@ pub async fn assign(mut req: Request, env: &Env, _cfg: &Config, name: &str) -> A
             "experiment": name,
             "unit": body.unit,
             "variant": a.variant,
-            "params": params(&a.params),
+            "params": views::params(&a.params),
             "new": a.new,
             "counted": a.counted,
         }),

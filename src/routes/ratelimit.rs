@@ -2,12 +2,11 @@
 //! the caller check the proxy path uses.
 
 use gateway_core::config::Config;
-use gateway_core::protocol::ratelimit::PolicyEntry;
 use gateway_core::rate_limit::policy::{Policy, PolicyJson};
 use gateway_core::rate_limit::Decision;
 use gateway_core::route::RateLimitOp;
 use gateway_core::shard::fnv1a64;
-use gateway_core::GatewayError;
+use gateway_core::{views, GatewayError};
 use serde::{Deserialize, Serialize};
 use serde_json::json as j;
 use worker::{Env, Request, Response};
@@ -156,25 +155,13 @@ pub async fn handle(
     )
 }
 
-fn entry_json(e: &PolicyEntry) -> serde_json::Value {
-    j!({
-        "name": e.name,
-        "policy": e.policy.to_json(),
-        "source": match e.source {
-            gateway_core::protocol::ratelimit::PolicySource::Config => "config",
-            gateway_core::protocol::ratelimit::PolicySource::Admin => "admin",
-        },
-        "version": e.version,
-    })
-}
-
 /// `GET /v1/policies`.
 pub async fn list_policies(env: &Env, cfg: &Config) -> AppResult<Response> {
     let list: Vec<_> = RateLimiter::new(env, cfg)
         .policies()
         .await?
         .iter()
-        .map(entry_json)
+        .map(views::policy)
         .collect();
     json(&j!({ "policies": list }), 200)
 }
@@ -186,7 +173,7 @@ pub async fn get_policy(env: &Env, cfg: &Config, name: &str) -> AppResult<Respon
         .iter()
         .find(|e| e.name == name)
         .ok_or_else(|| GatewayError::NotFound(format!("no rate-limit policy named {name}")))?;
-    json(&entry_json(e), 200)
+    json(&views::policy(e), 200)
 }
 
 /// `PUT /v1/policies/{name}` (admin): create or replace; applies to the next request.

@@ -17,7 +17,7 @@ pub async fn stats(env: &Env, cfg: &Config, component: Component, id: &str) -> A
         Component::Providers => json(&Providers::new(env).status(id).await?, 200),
         Component::Experiments => {
             let s = Experiments::new(env).get(id).await?;
-            json(&super::experiments::state_json(&s), 200)
+            json(&gateway_core::views::experiment(&s), 200)
         }
     }
 }
