@@ -435,7 +435,7 @@ impl Base {
     /// the call (`handle` returns the reply and what it asks of the alarm; it may await, e.g. a
     /// cache read that waits for a fill or a root that collects its shards), arm the alarm when
     /// asked and none is set, answer.
-    pub async fn serve<M, R, F, Fut>(
+    pub async fn serve<M, R, W, F, Fut>(
         &self,
         req: &mut HttpRequest,
         interval_ms: u64,
@@ -444,13 +444,14 @@ impl Base {
     where
         M: serde::de::DeserializeOwned,
         R: Serialize,
+        W: Into<Wake>,
         F: FnOnce(M, UnixMillis) -> Fut,
-        Fut: Future<Output = Result<(R, Wake), GatewayError>>,
+        Fut: Future<Output = Result<(R, W), GatewayError>>,
     {
         let bytes = req.bytes().await?;
         let now = now();
         let result = match decode_request(&bytes) {
-            Ok(msg) => handle(msg, now).await,
+            Ok(msg) => handle(msg, now).await.map(|(r, w)| (r, w.into())),
             Err(e) => Err(e),
         };
         let deadline = match &result {

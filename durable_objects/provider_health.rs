@@ -19,7 +19,7 @@ use worker::{
     durable_object, Delay, DurableObject, Env, Fetch, Request as HttpRequest, Response, State,
 };
 
-use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy, Wake};
+use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -149,7 +149,6 @@ impl DurableObject for ProviderHealthDO {
         self.base
             .serve(&mut req, self.interval(), |msg, now| async move {
                 self.handle(msg, now)
-                    .map(|(r, changed)| (r, Wake::from(changed)))
             })
             .await
     }

@@ -9,12 +9,12 @@
 use std::cell::RefMut;
 
 use gateway_core::protocol::ratelimit::{PolicyCounters, Request, Response as Reply, Stats};
-use gateway_core::rate_limit::policy::{self, KeyState, Overrides, Policy};
+use gateway_core::rate_limit::policy::{self, Counter, KeyState, Overrides, Policy};
 use gateway_core::rate_limit::sliding::WindowState;
 use gateway_core::{rate_limit, GatewayError, UnixMillis};
 use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
 
-use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy, Wake};
+use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy};
 
 /// The rate-limiter shard.
 #[durable_object(alarm)]
@@ -93,26 +93,15 @@ impl RateLimiterDO {
                     w.start.into(),
                     i64::try_from(w.prev).unwrap_or(i64::MAX).into(),
                     i64::try_from(w.curr).unwrap_or(i64::MAX).into(),
-                    w.start.saturating_add(2 * p.window_ms as i64).into(),
+                    w.idle_at(&p).0.into(),
                 ],
             ),
             (KeyState::Window(_), _) => Ok(()),
         }
     }
 
-    fn count_decision(
-        db: &Db,
-        name: &str,
-        allowed: bool,
-        shadow_denied: bool,
-    ) -> Result<(), GatewayError> {
-        let column = if shadow_denied {
-            "shadow_denied"
-        } else if allowed {
-            "allowed"
-        } else {
-            "denied"
-        };
+    fn count(db: &Db, name: &str, counter: Counter) -> Result<(), GatewayError> {
+        let column = counter.as_str();
         db.exec(
             &format!(
                 "INSERT INTO policy_counters (policy, {column}) VALUES (?, 1) \
@@ -148,7 +137,7 @@ impl RateLimiterDO {
         if let Some(s) = out.new_state {
             Self::persist(db, &policy, policy_name, key, s)?;
         }
-        Self::count_decision(db, policy_name, out.decision.allowed, out.shadow_denied)?;
+        Self::count(db, policy_name, out.counter())?;
         let reply = Reply::Decision {
             decision: out.decision,
             shadow_denied: out.shadow_denied,
@@ -210,24 +199,20 @@ impl RateLimiterDO {
                 Ok((Reply::Policies(list), false))
             }
             Request::Stats => {
-                let mut policies = Vec::new();
-                let mut totals = PolicyCounters::default();
-                let rows: Vec<(String, u64, u64, u64)> = db.all(
-                    "SELECT policy, allowed, denied, shadow_denied FROM policy_counters ORDER BY policy",
-                    vec![],
-                )?;
-                for (policy, allowed, denied, shadow_denied) in rows {
-                    let c = PolicyCounters {
+                let policies: Vec<PolicyCounters> = db
+                    .all::<(String, u64, u64, u64)>(
+                        "SELECT policy, allowed, denied, shadow_denied FROM policy_counters ORDER BY policy",
+                        vec![],
+                    )?
+                    .into_iter()
+                    .map(|(policy, allowed, denied, shadow_denied)| PolicyCounters {
                         policy,
                         allowed,
                         denied,
                         shadow_denied,
-                    };
-                    totals.allowed += c.allowed;
-                    totals.denied += c.denied;
-                    totals.shadow_denied += c.shadow_denied;
-                    policies.push(c);
-                }
+                    })
+                    .collect();
+                let totals = PolicyCounters::total("", &policies);
                 Ok((
                     Reply::Stats(Stats {
                         buckets: count(db.scalar("SELECT count(*) FROM buckets", vec![])?),
@@ -279,7 +264,6 @@ impl DurableObject for RateLimiterDO {
         self.base
             .serve(&mut req, self.interval(), |msg, now| async move {
                 self.decide(msg, now)
-                    .map(|(r, changed)| (r, Wake::from(changed)))
             })
             .await
     }

@@ -70,6 +70,24 @@ pub struct PolicyCounters {
     pub shadow_denied: u64,
 }
 
+impl PolicyCounters {
+    /// The sum of `counters`, under the name `policy`.
+    pub fn total<'a>(policy: &str, counters: impl IntoIterator<Item = &'a PolicyCounters>) -> Self {
+        counters.into_iter().fold(
+            PolicyCounters {
+                policy: policy.into(),
+                ..PolicyCounters::default()
+            },
+            |mut t, c| {
+                t.allowed += c.allowed;
+                t.denied += c.denied;
+                t.shadow_denied += c.shadow_denied;
+                t
+            },
+        )
+    }
+}
+
 /// Counters of one shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {

@@ -156,6 +156,41 @@ pub struct Outcome {
     pub shadow_denied: bool,
 }
 
+/// Which per-policy counter a take adds one to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Allowed (and not a shadow denial).
+    Allowed,
+    /// Denied.
+    Denied,
+    /// Allowed only because the policy is in shadow mode.
+    ShadowDenied,
+}
+
+impl Counter {
+    /// The counter's name (`allowed`, `denied`, `shadow_denied`: the stats field and column).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counter::Allowed => "allowed",
+            Counter::Denied => "denied",
+            Counter::ShadowDenied => "shadow_denied",
+        }
+    }
+}
+
+impl Outcome {
+    /// The counter this take adds to: a shadow denial counts as such, not as allowed.
+    pub fn counter(&self) -> Counter {
+        if self.shadow_denied {
+            Counter::ShadowDenied
+        } else if self.decision.allowed {
+            Counter::Allowed
+        } else {
+            Counter::Denied
+        }
+    }
+}
+
 /// Takes `cost` under `policy`. State of the other algorithm (after a policy change) is ignored.
 pub fn take(
     policy: &Policy,
@@ -341,6 +376,36 @@ mod tests {
         serde_json::from_str::<PolicyJson>(s)
             .map_err(|e| GatewayError::bad_request("invalid-json", e.to_string()))?
             .into_policy()
+    }
+
+    #[test]
+    fn a_take_counts_as_allowed_denied_or_shadow_denied() {
+        let strict = json(r#"{"capacity":1,"period_ms":60000}"#).unwrap();
+        let shadow = json(r#"{"capacity":1,"period_ms":60000,"shadow":true}"#).unwrap();
+        let now = UnixMillis(1_000_000);
+        for (p, second) in [(strict, Counter::Denied), (shadow, Counter::ShadowDenied)] {
+            let first = take(&p, None, 1, now).unwrap();
+            assert_eq!(first.counter(), Counter::Allowed);
+            let again = take(&p, first.new_state, 1, now).unwrap();
+            assert_eq!(again.counter(), second);
+        }
+        assert_eq!(Counter::ShadowDenied.as_str(), "shadow_denied");
+    }
+
+    #[test]
+    fn counters_total_per_field() {
+        use crate::protocol::ratelimit::PolicyCounters;
+        let c = |allowed, denied, shadow_denied| PolicyCounters {
+            policy: "p".into(),
+            allowed,
+            denied,
+            shadow_denied,
+        };
+        let t = PolicyCounters::total("all", &[c(1, 2, 3), c(10, 20, 30)]);
+        assert_eq!(
+            (t.policy.as_str(), t.allowed, t.denied, t.shadow_denied),
+            ("all", 11, 22, 33)
+        );
     }
 
     #[test]

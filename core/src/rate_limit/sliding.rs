@@ -86,6 +86,14 @@ impl WindowState {
         let s = self.at(p, now.0);
         s.prev == 0 && s.curr == 0
     }
+
+    /// From when the state is idle whatever it holds (stored with the row, so the collector can
+    /// delete by one comparison): two windows after its start, when both its counts have rolled
+    /// out of the estimate.
+    pub fn idle_at(&self, p: &SlidingWindowPolicy) -> UnixMillis {
+        let w = i64::try_from(p.window_ms).unwrap_or(i64::MAX);
+        UnixMillis(self.start.saturating_add(w.saturating_mul(2)))
+    }
 }
 
 /// `prev * (w - elapsed) / w`, rounded up (so the estimate never under-counts by rounding).
@@ -198,6 +206,18 @@ mod tests {
         limit: 10,
         window_ms: 1000,
     };
+
+    #[test]
+    fn a_window_is_idle_from_its_stored_idle_time_on() {
+        let mut state = None;
+        run(&mut state, 1_500, 10);
+        let s = state.unwrap();
+        assert_eq!(s.start, 1_000);
+        assert_eq!(s.idle_at(&P), UnixMillis(3_000));
+        // Just before, the previous window's count still weighs in; from then on nothing does.
+        assert!(!s.is_idle(&P, UnixMillis(2_999)));
+        assert!(s.is_idle(&P, UnixMillis(3_000)));
+    }
 
     fn run(state: &mut Option<WindowState>, at: i64, cost: u64) -> Decision {
         let (d, s) = take(&P, *state, cost, UnixMillis(at)).unwrap();
