@@ -19,6 +19,7 @@
 //! - [`sketch`]: the mergeable latency sketch (balancer health and observe aggregates).
 //! - [`alarm`]: the shared "when should this object wake up next" rule.
 
+pub mod ai;
 pub mod alarm;
 pub mod auth;
 pub mod balancer;
@@ -26,6 +27,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod experiment;
+pub mod keys;
 pub mod migrate;
 pub mod observe;
 pub mod problem;

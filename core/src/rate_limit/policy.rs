@@ -137,7 +137,7 @@ impl Policy {
 }
 
 /// The stored state of one key, per algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyState {
     /// Token bucket TAT in µs.
     Tat(i64),
