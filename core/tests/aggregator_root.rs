@@ -638,3 +638,68 @@ fn shards_dedupe_batches_validate_ids_and_their_alarm_prunes_and_wakes_the_root(
     assert!(!fx.rearm, "no windows left: the alarm stops");
     assert!(shard.disk.windows.is_empty() && shard.disk.batches.is_empty());
 }
+
+#[test]
+fn roles_and_wake_flags_match_the_protocol() {
+    use gateway_core::observe::ingest::Role;
+    let cfg = config(&[]);
+    let root = RootObj::new();
+    let now = DAY0 + HOUR;
+    let wake = |msg: Request| root.mem.handle(msg, UnixMillis(now), &cfg).unwrap().1;
+    // Requests that make the object the root arm its (forever) alarm; reads do not.
+    assert!(wake(Request::Wake));
+    assert!(wake(Request::Summary {
+        period: Period::Hour
+    }));
+    assert!(wake(Request::Points {
+        period: Period::Day
+    }));
+    assert!(!wake(Request::Alerts));
+    assert!(!wake(Request::Report));
+    assert!(!wake(Request::Stats));
+    assert!(root.mem.rearms());
+    assert!(root
+        .mem
+        .handle(Request::Run, UnixMillis(now), &cfg)
+        .is_err());
+    assert!(root
+        .mem
+        .handle(
+            Request::Collect {
+                since: UnixMillis(0)
+            },
+            UnixMillis(now),
+            &cfg
+        )
+        .is_err());
+    assert_eq!(Role::claimed_by(&Request::Run), Some(Role::Root));
+    assert_eq!(Role::claimed_by(&Request::Alerts), None);
+    let record = Request::Record {
+        batch: "b".into(),
+        records: vec![],
+    };
+    assert_eq!(Role::claimed_by(&record), Some(Role::Shard));
+    assert_eq!(Role::parse(None).answering(&Request::Stats), Role::Shard);
+    assert_eq!(
+        Role::parse(Some("root")).answering(&Request::Stats),
+        Role::Root
+    );
+    assert_eq!(Role::parse(Some("root")).answering(&record), Role::Shard);
+    assert_eq!(
+        Role::parse(Some("shard")).answering(&Request::Report),
+        Role::Root
+    );
+    // A shard arms its alarm for a counted batch only (a duplicate changes nothing).
+    let mut shard = ShardObj::new();
+    let msg = |id: &str| Request::Record {
+        batch: id.into(),
+        records: batch(now, 2, 0),
+    };
+    let (_, _, armed) = shard.mem.handle(msg("z"), false, UnixMillis(now)).unwrap();
+    let (_, writes, dup_armed) = shard.mem.handle(msg("z"), true, UnixMillis(now)).unwrap();
+    assert!(armed && !dup_armed);
+    assert_eq!(
+        writes,
+        vec![ingest::Write::Count(Counter::DuplicateBatches, 1)]
+    );
+}

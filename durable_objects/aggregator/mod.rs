@@ -94,7 +94,10 @@ impl DurableObject for AggregatorDO {
             Err(e) => return Err(worker::Error::RustError(e.to_string())),
         };
         let outcome = match role(&db).unwrap_or(Role::Shard) {
-            Role::Root => self.run(&db, now).await.map(|_| true),
+            Role::Root => self
+                .run(&db, now)
+                .await
+                .map(|_| self.root.peek(Root::rearms).unwrap_or(true)),
             Role::Shard => self.shard_alarm(&db, now).await,
         };
         self.base.finish_alarm(now, outcome, self.interval()).await
