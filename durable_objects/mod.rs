@@ -157,6 +157,12 @@ impl Db {
             .unwrap_or(0))
     }
 
+    /// A `_meta` value as `T` (absent: `None`; of another type: a corruption error).
+    pub fn meta_as<T: row::Column>(&self, key: &str) -> Result<Option<T>, GatewayError> {
+        let row = self.one::<(T,)>("SELECT value FROM _meta WHERE key = ?", vec![key.into()])?;
+        Ok(row.map(|(v,)| v))
+    }
+
     /// Sets an integer in `_meta`.
     pub fn set_meta(&self, key: &str, value: i64) -> Result<(), GatewayError> {
         self.put_meta(key, value.into())

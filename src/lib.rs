@@ -18,7 +18,6 @@ pub mod error;
 pub mod http;
 pub mod isolate;
 pub mod routes;
-pub mod stub;
 pub mod upstream;
 
 #[path = "../durable_objects/mod.rs"]

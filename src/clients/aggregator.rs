@@ -76,20 +76,22 @@ impl<'a> Aggregator<'a> {
         last
     }
 
+    /// Shard `shard`'s windows at or after `since` (it seals what has ended first).
+    pub async fn collect(&self, shard: u32, since: UnixMillis) -> AppResult<Windows> {
+        let name = format!("aggregator:{shard}");
+        reply!(self.ns, &name, &Request::Collect { since }, Response::Windows(w) => w)
+    }
+
     /// Every shard's windows at or after the root's cursor for it (the part not merged yet),
     /// fetched concurrently.
     pub async fn live(&self, cursors: &[(u32, UnixMillis)]) -> AppResult<Vec<(UnixMillis, Agg)>> {
-        let calls =
-            (0..self.shards).map(|i| {
-                let since = cursors
-                    .iter()
-                    .find(|(s, _)| *s == i)
-                    .map_or(UnixMillis(0), |(_, c)| *c);
-                let name = format!("aggregator:{i}");
-                async move {
-                    reply!(self.ns, &name, &Request::Collect { since }, Response::Windows(w) => w)
-                }
-            });
+        let calls = (0..self.shards).map(|i| {
+            let since = cursors
+                .iter()
+                .find(|(s, _)| *s == i)
+                .map_or(UnixMillis(0), |(_, c)| *c);
+            self.collect(i, since)
+        });
         let mut out = Vec::new();
         for r in join_all(calls).await {
             let Windows { sealed, open, .. } = r?;
@@ -118,6 +120,11 @@ impl<'a> Aggregator<'a> {
     /// The daily report (JSON text).
     pub async fn report(&self) -> AppResult<String> {
         reply!(self.ns, ROOT, &Request::Report, Response::Report(t) => t)
+    }
+
+    /// Makes sure the root's alarm runs (idempotent).
+    pub async fn wake(&self) -> AppResult<()> {
+        reply!(self.ns, ROOT, &Request::Wake, Response::Awake => ())
     }
 
     /// Runs the root's alarm work now.

@@ -19,25 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::Agg;
 use crate::{GatewayError, UnixMillis};
 
-/// How serious an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Degraded.
-    Warning,
-    /// Critical.
-    Critical,
-}
-
-impl Severity {
-    /// The wire name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
+use super::issue::Issue;
+pub use super::issue::Severity;
 
 /// What a rule measures over its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,7 +415,7 @@ impl Engine {
     }
 
     /// The firing alerts as health issues, e.g. `alert errors: error_rate > 5 (now 7.50)`.
-    pub fn issues(&self, rules: &[Rule]) -> Vec<super::export::Issue> {
+    pub fn issues(&self, rules: &[Rule]) -> Vec<Issue> {
         self.states
             .iter()
             .filter_map(|s| {
@@ -444,7 +427,7 @@ impl Engine {
                     Op::Above => ">",
                     Op::Below => "<",
                 };
-                Some(super::export::Issue {
+                Some(Issue {
                     severity: r.severity,
                     message: format!(
                         "alert {}: {} {op} {} (now {:.2})",

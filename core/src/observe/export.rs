@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::alerts::Severity;
+pub use super::issue::{Issue, Severity};
 use super::series::{Lifetime, Period};
 use super::Agg;
 use crate::{GatewayError, UnixMillis};
@@ -103,17 +103,6 @@ pub struct ProviderHealthView {
     pub name: String,
     /// `healthy`, `recovering` (half-open or slow start) or `ejected`.
     pub status: String,
-}
-
-/// An active issue (a firing alert or an ejected provider), for the health section.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-pub struct Issue {
-    /// Severity.
-    pub severity: Severity,
-    /// What is wrong.
-    pub message: String,
-    /// Since when.
-    pub since: UnixMillis,
 }
 
 /// `healthy` without issues, `critical` with a critical one, `degraded` otherwise.

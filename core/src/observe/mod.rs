@@ -9,12 +9,22 @@
 //!   7 days), merged from shard windows idempotently through per-shard cursors.
 //! - [`alerts`]: rules, the pending → firing → resolved state machine with keep-firing flap
 //!   damping, dedup with a repeat interval, and the webhook outbox.
-//! - [`export`]: the `/metrics` JSON and Prometheus text; [`report`]: the daily report.
+//! - [`export`]: the `/metrics` JSON and Prometheus text; [`report`]: the daily report;
+//!   [`issue`]: the [`issue::Severity`] and [`issue::Issue`] both alerts and export use.
+//! - [`ingest::Ingest`] and [`root::Root`]: the `AggregatorDO` shard and root as state machines
+//!   (`handle`, alarm work, storage [`root::Write`]s), so the adapter only loads, calls and
+//!   persists.
 
 pub mod alerts;
 pub mod export;
+pub mod ingest;
+pub mod issue;
 pub mod report;
+pub mod root;
 pub mod series;
+
+pub use ingest::Ingest;
+pub use root::Root;
 
 use serde::{Deserialize, Serialize};
 
