@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::future::select;
-use gateway_core::alarm::next_alarm;
 use gateway_core::cache::shard::{Row, Shard, Step, Write};
 use gateway_core::cache::EntryMeta;
 use gateway_core::protocol::cache::{Request, Response as Reply};
 use gateway_core::{GatewayError, UnixMillis};
-use worker::{durable_object, Delay, DurableObject, Env, Request as HttpRequest, Response, State};
+use worker::{durable_object, Delay};
 
-use super::{migrations, now, Base, Db, Lazy, Wake};
+use super::{adapter, migrations, now, Adapter, Base, Db, Lazy, Wake};
 
 /// A cache shard.
 #[durable_object(alarm)]
@@ -190,7 +189,7 @@ impl CacheShardDO {
         }
     }
 
-    async fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+    async fn dispatch(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
         let reply = match msg {
             Request::Get {
                 key,
@@ -231,12 +230,8 @@ impl CacheShardDO {
         Ok((reply, Wake::Idle))
     }
 
-    fn interval(&self) -> u64 {
-        self.base.interval(|c| c.cache_sweep_interval_ms)
-    }
-
     /// The expiry sweep and access-time write-back; returns when to wake next.
-    fn sweep(&self, now: UnixMillis) -> Result<Option<UnixMillis>, GatewayError> {
+    fn sweep(&self, now: UnixMillis) -> Result<Wake, GatewayError> {
         let (db, mut shard) = self.open(now)?;
         let (writes, removed) = shard.on_alarm(now);
         // Also catches rows the index never held (e.g. written by an older instance).
@@ -247,29 +242,25 @@ impl CacheShardDO {
         persist(&db, writes)?;
         db.add_meta("swept", i(swept.max(removed)))?;
         self.base.record_alarm_run(&db, now)?;
-        Ok((!shard.is_empty()).then(|| next_alarm(now, self.interval(), shard.next_deadline())))
+        Ok(if shard.is_empty() {
+            Wake::Idle
+        } else {
+            Wake::By(shard.next_deadline())
+        })
     }
 }
 
-impl DurableObject for CacheShardDO {
-    fn new(state: State, env: Env) -> Self {
-        CacheShardDO {
-            base: Base::new(state, env),
-            shard: Lazy::default(),
-            waiters: RefCell::new(HashMap::new()),
-        }
+adapter!(CacheShardDO { shard, waiters }, interval: cache_sweep_interval_ms);
+
+impl Adapter for CacheShardDO {
+    type Msg = Request;
+    type Reply = Reply;
+
+    async fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+        self.dispatch(msg, now).await
     }
 
-    async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        self.base
-            .serve(&mut req, self.interval(), |msg, now| self.handle(msg, now))
-            .await
-    }
-
-    async fn alarm(&self) -> worker::Result<Response> {
-        let now = now();
-        let next = self.sweep(now).map_err(|e| e.to_string())?;
-        self.base.rearm(next).await?;
-        Response::ok("ok")
+    async fn on_alarm(&self, now: UnixMillis) -> Result<Wake, GatewayError> {
+        self.sweep(now)
     }
 }

@@ -15,10 +15,10 @@ use gateway_core::experiment::{
 };
 use gateway_core::protocol::experiment::{Decision, IndexEntry, Request, Response as Reply};
 use gateway_core::{GatewayError, UnixMillis};
-use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
+use worker::durable_object;
 
 use super::row::Column;
-use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy, Wake};
+use super::{adapter, encode_blob, migrations, Adapter, Base, Blob, Db, Lazy, Shell, Wake};
 
 /// An experiment (or the experiment index).
 #[durable_object(alarm)]
@@ -215,13 +215,9 @@ fn index(db: &Db, msg: Request, now: UnixMillis) -> Result<Result<Reply, Request
 }
 
 impl ExperimentDO {
-    fn interval(&self) -> u64 {
-        self.base.interval(|c| c.experiment_analysis_interval_ms)
-    }
-
     /// Load → one core call → persist → answer (synchronous from the first read to the last
     /// write).
-    fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+    fn step(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
         let db = self.base.db(migrations::EXPERIMENT, now)?;
         let msg = match index(&db, msg, now)? {
             Ok(reply) => return Ok((reply, Wake::Idle)),
@@ -264,26 +260,17 @@ impl ExperimentDO {
     }
 }
 
-impl DurableObject for ExperimentDO {
-    fn new(state: State, env: Env) -> Self {
-        ExperimentDO {
-            base: Base::new(state, env),
-            machine: Lazy::default(),
-        }
+adapter!(ExperimentDO { machine }, interval: experiment_analysis_interval_ms);
+
+impl Adapter for ExperimentDO {
+    type Msg = Request;
+    type Reply = Reply;
+
+    async fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+        self.step(msg, now)
     }
 
-    async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        self.base
-            .serve(&mut req, self.interval(), |msg, now| async move {
-                self.handle(msg, now)
-            })
-            .await
-    }
-
-    async fn alarm(&self) -> worker::Result<Response> {
-        let now = now();
-        self.base
-            .finish_alarm(now, self.analyse(now), self.interval())
-            .await
+    async fn on_alarm(&self, now: UnixMillis) -> Result<Wake, GatewayError> {
+        self.analyse(now).map(Wake::from)
     }
 }

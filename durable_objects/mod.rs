@@ -356,6 +356,91 @@ impl From<bool> for Wake {
     }
 }
 
+/// The part of an adapter [`adapter!`] writes: its [`Base`] and its alarm period (owned by the
+/// configuration).
+pub trait Shell {
+    /// The shared state.
+    fn base(&self) -> &Base;
+    /// The alarm period.
+    fn interval(&self) -> u64;
+}
+
+/// What an adapter supplies; [`adapter!`] writes its `DurableObject` impl from it, so every
+/// object is constructed, served and woken the same way.
+#[allow(async_fn_in_trait)] // implemented and awaited only in this crate, never boxed
+pub trait Adapter: Shell {
+    /// The message its objects take.
+    type Msg: serde::de::DeserializeOwned;
+    /// The reply they answer.
+    type Reply: Serialize;
+    /// One request: the reply and what it asks of the alarm.
+    async fn handle(
+        &self,
+        msg: Self::Msg,
+        now: UnixMillis,
+    ) -> Result<(Self::Reply, Wake), GatewayError>;
+    /// The alarm's work: when to run again (`Idle`: not until a request arms it).
+    async fn on_alarm(&self, now: UnixMillis) -> Result<Wake, GatewayError>;
+}
+
+/// `fetch`: [`Base::serve`] over [`Adapter::handle`].
+pub async fn serve<A: Adapter>(a: &A, mut req: HttpRequest) -> worker::Result<Response> {
+    a.base()
+        .serve(&mut req, a.interval(), |msg, now| a.handle(msg, now))
+        .await
+}
+
+/// `alarm`: [`Adapter::on_alarm`], then re-arm as it asks (a failed run returns an error, which
+/// the platform retries).
+pub async fn alarm<A: Adapter>(a: &A) -> worker::Result<Response> {
+    let now = now();
+    let wake = a
+        .on_alarm(now)
+        .await
+        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let at = match wake {
+        Wake::Idle => None,
+        Wake::Periodic => Some(gateway_core::alarm::next_alarm(now, a.interval(), None)),
+        Wake::By(at) => Some(gateway_core::alarm::next_alarm(now, a.interval(), at)),
+    };
+    a.base().rearm(at).await?;
+    Response::ok("ok")
+}
+
+/// The `DurableObject` and [`Shell`] impls of an [`Adapter`]: its fields besides `base` start
+/// as `Default`, its alarm period is the named `Config` field.
+macro_rules! adapter {
+    ($ty:ident { $($field:ident),* $(,)? }, interval: $interval:ident) => {
+        impl $crate::durable_objects::Shell for $ty {
+            fn base(&self) -> &$crate::durable_objects::Base {
+                &self.base
+            }
+
+            fn interval(&self) -> u64 {
+                self.base.interval(|c| c.$interval)
+            }
+        }
+
+        impl worker::DurableObject for $ty {
+            fn new(state: worker::State, env: worker::Env) -> Self {
+                $ty {
+                    base: $crate::durable_objects::Base::new(state, env),
+                    $($field: Default::default()),*
+                }
+            }
+
+            async fn fetch(&self, req: worker::Request) -> worker::Result<worker::Response> {
+                $crate::durable_objects::serve(self, req).await
+            }
+
+            async fn alarm(&self) -> worker::Result<worker::Response> {
+                $crate::durable_objects::alarm(self).await
+            }
+        }
+    };
+}
+pub(crate) use adapter;
+
 /// State every adapter carries besides its component: environment, schema and alarm flags.
 pub struct Base {
     /// The platform state.
@@ -470,20 +555,6 @@ impl Base {
                 .await?;
         }
         respond(result.map(|(r, _)| r))
-    }
-
-    /// Ends an alarm: a failed run is returned as an error (the platform retries it); a run that
-    /// left work re-arms the periodic alarm; an idle object stops waking up.
-    pub async fn finish_alarm(
-        &self,
-        now: UnixMillis,
-        outcome: Result<bool, GatewayError>,
-        interval_ms: u64,
-    ) -> worker::Result<Response> {
-        let busy = outcome.map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.rearm(busy.then(|| gateway_core::alarm::next_alarm(now, interval_ms, None)))
-            .await?;
-        Response::ok("ok")
     }
 
     /// Sets the next alarm (from the alarm handler), or clears the flag when there is none.

@@ -10,16 +10,13 @@ use std::cell::RefMut;
 use std::time::Duration;
 
 use futures::future::{join_all, select, Either};
-use gateway_core::alarm::next_alarm;
 use gateway_core::balancer::group::Write;
 use gateway_core::balancer::{Group, Strategy};
 use gateway_core::protocol::providers::{Request, Response as Reply};
 use gateway_core::{GatewayError, UnixMillis};
-use worker::{
-    durable_object, Delay, DurableObject, Env, Fetch, Request as HttpRequest, Response, State,
-};
+use worker::{durable_object, Delay, Fetch};
 
-use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy};
+use super::{adapter, encode_blob, migrations, now, Adapter, Base, Blob, Db, Lazy, Wake};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -88,7 +85,7 @@ impl ProviderHealthDO {
         self.group.get(|| self.load(db, asked))
     }
 
-    fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
+    fn step(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
         let db = self.base.db(migrations::PROVIDER_HEALTH, now)?;
         let (reply, writes) = match msg {
             Request::Configure {
@@ -116,10 +113,6 @@ impl ProviderHealthDO {
         Ok((reply, true))
     }
 
-    fn interval(&self) -> u64 {
-        self.base.interval(|c| c.provider_probe_interval_ms)
-    }
-
     async fn probe(url: String) -> bool {
         let fetch = async {
             match Fetch::Url(url.parse().map_err(|_| worker::Error::from("bad url"))?)
@@ -137,51 +130,33 @@ impl ProviderHealthDO {
     }
 }
 
-impl DurableObject for ProviderHealthDO {
-    fn new(state: State, env: Env) -> Self {
-        ProviderHealthDO {
-            base: Base::new(state, env),
-            group: Lazy::default(),
-        }
+adapter!(ProviderHealthDO { group }, interval: provider_probe_interval_ms);
+
+impl Adapter for ProviderHealthDO {
+    type Msg = Request;
+    type Reply = Reply;
+
+    async fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+        self.step(msg, now).map(|(r, changed)| (r, changed.into()))
     }
 
-    async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        self.base
-            .serve(&mut req, self.interval(), |msg, now| async move {
-                self.handle(msg, now)
-            })
-            .await
-    }
-
-    async fn alarm(&self) -> worker::Result<Response> {
-        let started = now();
-        let db = self
-            .base
-            .db(migrations::PROVIDER_HEALTH, started)
-            .map_err(|e| e.to_string())?;
+    /// Probes every provider concurrently, then lets the group judge the results. A group with
+    /// no providers configured has nothing to probe and nothing to wake up for.
+    async fn on_alarm(&self, started: UnixMillis) -> Result<Wake, GatewayError> {
+        let db = self.base.db(migrations::PROVIDER_HEALTH, started)?;
         let targets = match self.group(&db, None) {
             Ok(g) => g.probe_targets(),
             Err(e) => {
-                // No providers configured: nothing to probe and nothing to wake up for.
                 worker::console_log!("provider alarm: {e}");
-                self.base.rearm(None).await?;
-                return Response::ok("idle");
+                return Ok(Wake::Idle);
             }
         };
         let oks = join_all(targets.iter().map(|(_, url)| Self::probe(url.clone()))).await;
         let now = now();
         let results = targets.into_iter().map(|(n, _)| n).zip(oks).collect();
-        let writes = self
-            .group(&db, None)
-            .map(|mut g| g.on_probes(results, now))
-            .map_err(|e| e.to_string())?;
-        persist(&db, writes).map_err(|e| e.to_string())?;
-        self.base
-            .record_alarm_run(&db, now)
-            .map_err(|e| e.to_string())?;
-        self.base
-            .rearm(Some(next_alarm(now, self.interval(), None)))
-            .await?;
-        Response::ok("ok")
+        let writes = self.group(&db, None)?.on_probes(results, now);
+        persist(&db, writes)?;
+        self.base.record_alarm_run(&db, now)?;
+        Ok(Wake::Periodic)
     }
 }

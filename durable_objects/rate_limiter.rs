@@ -12,9 +12,9 @@ use gateway_core::protocol::ratelimit::{PolicyCounters, Request, Response as Rep
 use gateway_core::rate_limit::policy::{self, Counter, KeyState, Overrides, Policy};
 use gateway_core::rate_limit::sliding::WindowState;
 use gateway_core::{rate_limit, GatewayError, UnixMillis};
-use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
+use worker::durable_object;
 
-use super::{encode_blob, migrations, now, Base, Blob, Db, Lazy};
+use super::{adapter, encode_blob, migrations, Adapter, Base, Blob, Db, Lazy, Wake};
 
 /// The rate-limiter shard.
 #[durable_object(alarm)]
@@ -230,10 +230,6 @@ impl RateLimiterDO {
         }
     }
 
-    fn interval(&self) -> u64 {
-        self.base.interval(|c| c.rate_limit_gc_interval_ms)
-    }
-
     /// Deletes rows that no longer decide anything; returns whether rows remain.
     fn collect(&self, now: UnixMillis) -> Result<bool, GatewayError> {
         let db = self.base.db(migrations::RATE_LIMITER, now)?;
@@ -252,26 +248,18 @@ impl RateLimiterDO {
     }
 }
 
-impl DurableObject for RateLimiterDO {
-    fn new(state: State, env: Env) -> Self {
-        RateLimiterDO {
-            base: Base::new(state, env),
-            overrides: Lazy::default(),
-        }
+adapter!(RateLimiterDO { overrides }, interval: rate_limit_gc_interval_ms);
+
+impl Adapter for RateLimiterDO {
+    type Msg = Request;
+    type Reply = Reply;
+
+    async fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+        self.decide(msg, now)
+            .map(|(r, changed)| (r, changed.into()))
     }
 
-    async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        self.base
-            .serve(&mut req, self.interval(), |msg, now| async move {
-                self.decide(msg, now)
-            })
-            .await
-    }
-
-    async fn alarm(&self) -> worker::Result<Response> {
-        let now = now();
-        self.base
-            .finish_alarm(now, self.collect(now), self.interval())
-            .await
+    async fn on_alarm(&self, now: UnixMillis) -> Result<Wake, GatewayError> {
+        self.collect(now).map(Wake::from)
     }
 }

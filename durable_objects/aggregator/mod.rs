@@ -19,9 +19,9 @@ use gateway_core::observe::ingest::Role;
 use gateway_core::observe::{Ingest, Root};
 use gateway_core::protocol::aggregator::{Request, Response as Reply};
 use gateway_core::{GatewayError, UnixMillis};
-use worker::{durable_object, DurableObject, Env, Request as HttpRequest, Response, State};
+use worker::durable_object;
 
-use super::{migrations, now, Base, Db, Lazy, Wake};
+use super::{adapter, migrations, Adapter, Base, Db, Lazy, Wake};
 
 /// A metric shard or the root.
 #[durable_object(alarm)]
@@ -45,12 +45,8 @@ fn claim(db: &Db, role: Role) -> Result<(), GatewayError> {
 }
 
 impl AggregatorDO {
-    fn interval(&self) -> u64 {
-        self.base.interval(|c| c.rollup_interval_ms)
-    }
-
     /// Stores the role the message claims, then lets the machine that answers it decide.
-    async fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+    async fn dispatch(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
         let db = self.base.db(migrations::AGGREGATOR, now)?;
         if let Some(claimed) = Role::claimed_by(&msg) {
             claim(&db, claimed)?;
@@ -70,36 +66,25 @@ impl AggregatorDO {
     }
 }
 
-impl DurableObject for AggregatorDO {
-    fn new(state: State, env: Env) -> Self {
-        AggregatorDO {
-            base: Base::new(state, env),
-            ingest: Lazy::default(),
-            root: Lazy::default(),
-        }
+adapter!(AggregatorDO { ingest, root }, interval: rollup_interval_ms);
+
+impl Adapter for AggregatorDO {
+    type Msg = Request;
+    type Reply = Reply;
+
+    async fn handle(&self, msg: Request, now: UnixMillis) -> Result<(Reply, Wake), GatewayError> {
+        self.dispatch(msg, now).await
     }
 
-    async fn fetch(&self, mut req: HttpRequest) -> worker::Result<Response> {
-        self.base
-            .serve(&mut req, self.interval(), |msg, now| async move {
-                self.handle(msg, now).await
-            })
-            .await
-    }
-
-    async fn alarm(&self) -> worker::Result<Response> {
-        let now = now();
-        let db = match self.base.db(migrations::AGGREGATOR, now) {
-            Ok(db) => db,
-            Err(e) => return Err(worker::Error::RustError(e.to_string())),
-        };
-        let outcome = match role(&db).unwrap_or(Role::Shard) {
+    async fn on_alarm(&self, now: UnixMillis) -> Result<Wake, GatewayError> {
+        let db = self.base.db(migrations::AGGREGATOR, now)?;
+        let again = match role(&db).unwrap_or(Role::Shard) {
             Role::Root => self
                 .run(&db, now)
                 .await
                 .map(|_| self.root.peek(Root::rearms).unwrap_or(true)),
             Role::Shard => self.shard_alarm(&db, now).await,
-        };
-        self.base.finish_alarm(now, outcome, self.interval()).await
+        }?;
+        Ok(Wake::from(again))
     }
 }
