@@ -9,6 +9,7 @@
 pub mod aggregator;
 pub mod cache_shard;
 pub mod experiment;
+pub mod keys;
 pub mod provider_health;
 pub mod rate_limiter;
 pub mod row;
@@ -48,6 +49,7 @@ pub mod migrations {
     pub const RATE_LIMITER: &[Migration] = &[
         m!(1, "rate_limiter", "0001_init.sql"),
         m!(2, "rate_limiter", "0002_policies_windows.sql"),
+        m!(3, "rate_limiter", "0003_keys.sql"),
     ];
     /// `CacheShardDO`.
     pub const CACHE_SHARD: &[Migration] = &[

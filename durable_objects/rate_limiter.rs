@@ -148,6 +148,10 @@ impl RateLimiterDO {
 
     fn decide(&self, msg: Request, now: UnixMillis) -> Result<(Reply, bool), GatewayError> {
         let db = self.base.db(migrations::RATE_LIMITER, now)?;
+        let msg = match super::keys::handle(&db, msg, now)? {
+            Ok(reply) => return Ok((reply, false)),
+            Err(msg) => msg,
+        };
         match msg {
             Request::Take {
                 policy_name,
@@ -198,6 +202,14 @@ impl RateLimiterDO {
                 let list = self.overrides(&db)?.effective(&cfg.rate_limit_policies);
                 Ok((Reply::Policies(list), false))
             }
+            Request::CreateKey(_)
+            | Request::GetKey { .. }
+            | Request::ListKeys
+            | Request::RevokeKey { .. }
+            | Request::Admit { .. }
+            | Request::SettleKey { .. } => Err(GatewayError::Internal(
+                "a key message reached the policy path".into(),
+            )),
             Request::Stats => {
                 let policies: Vec<PolicyCounters> = db
                     .all::<(String, u64, u64, u64)>(

@@ -37,6 +37,22 @@ pub fn random_uuid() -> String {
         .unwrap_or_else(|| format!("t-{}", js_sys::Date::now() as u64))
 }
 
+/// `N` bytes from `crypto.getRandomValues` (a CSPRNG); `None` if the runtime has none (never a
+/// weaker fallback: these make secrets).
+pub fn random_bytes<const N: usize>() -> Option<[u8; N]> {
+    let global = js_sys::global();
+    let crypto = js_sys::Reflect::get(&global, &"crypto".into()).ok()?;
+    let f: js_sys::Function = js_sys::Reflect::get(&crypto, &"getRandomValues".into())
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    let buf = js_sys::Uint8Array::new_with_length(u32::try_from(N).ok()?);
+    f.call1(&crypto, &buf).ok()?;
+    let mut out = [0u8; N];
+    buf.copy_to(&mut out);
+    Some(out)
+}
+
 /// Reads the body, refusing more than `limit` bytes (413) — first by `Content-Length`, then by
 /// the bytes actually received (a chunked body has no length header).
 pub async fn read_body(req: &mut Request, limit: usize) -> AppResult<Vec<u8>> {

@@ -29,6 +29,9 @@ pub struct Outgoing {
     pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Vec<u8>,
+    /// Bodies for particular providers (by name) instead of `body` (a model renamed per
+    /// provider).
+    pub bodies: Vec<(String, Vec<u8>)>,
     /// The gateway's request id, sent as `X-Request-Id`.
     pub request_id: String,
 }
@@ -67,8 +70,13 @@ pub async fn send(
     }
     let mut init = RequestInit::new();
     init.with_method(o.method.clone()).with_headers(out);
-    if !o.body.is_empty() && !matches!(o.method, Method::Get | Method::Head) {
-        init.with_body(Some(js_sys::Uint8Array::from(o.body.as_slice()).into()));
+    let body = o
+        .bodies
+        .iter()
+        .find(|(name, _)| *name == pick.name)
+        .map_or(o.body.as_slice(), |(_, b)| b.as_slice());
+    if !body.is_empty() && !matches!(o.method, Method::Get | Method::Head) {
+        init.with_body(Some(js_sys::Uint8Array::from(body).into()));
     }
     let Ok(req) = Request::new_with_init(&url, &init) else {
         return (Head::ConnectionError, None);

@@ -261,7 +261,8 @@ fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     None
 }
 
-/// OpenAI's error object for `e` (`type` from the status, `code` = the problem slug).
+/// OpenAI's error object for `e` (`type` from the status; `code` the problem slug, or
+/// `model_not_found` for a model nobody configured, as OpenAI spells it).
 pub fn openai_error(e: &GatewayError) -> Value {
     let status = e.status();
     let kind = match status {
@@ -271,11 +272,26 @@ pub fn openai_error(e: &GatewayError) -> Value {
         429 => "rate_limit_error",
         _ => "api_error",
     };
-    let param = match e.slug() {
-        "invalid-model" | "model-not-found" | "model-not-allowed" => json!("model"),
-        _ => Value::Null,
+    let (code, param) = match e.slug() {
+        MODEL_NOT_FOUND => ("model_not_found", json!("model")),
+        s @ ("invalid-model" | "model-not-allowed") => (s, json!("model")),
+        s => (s, Value::Null),
     };
-    json!({ "message": e.to_string(), "type": kind, "param": param, "code": e.slug() })
+    json!({ "message": e.to_string(), "type": kind, "param": param, "code": code })
+}
+
+/// The slug of a model no route serves.
+pub const MODEL_NOT_FOUND: &str = "model-not-found";
+
+/// The error for a model no route serves (404).
+pub fn unknown_model(model: &str) -> GatewayError {
+    GatewayError::Refused {
+        status: 404,
+        kind: MODEL_NOT_FOUND.into(),
+        detail: format!(
+            "the model {model} does not exist here; GET /v1/models lists the configured ones"
+        ),
+    }
 }
 
 /// `GET /v1/models`: the configured models in OpenAI's list shape.
@@ -368,8 +384,13 @@ mod tests {
 
     #[test]
     fn errors_take_openai_types() {
-        let e = openai_error(&GatewayError::NotFound("no model".into()));
+        let e = openai_error(&unknown_model("gpt-5"));
         assert_eq!(e["type"], "invalid_request_error");
+        assert_eq!(
+            (e["code"].as_str(), e["param"].as_str()),
+            (Some("model_not_found"), Some("model"))
+        );
+        assert_eq!(unknown_model("x").status(), 404);
         let e = openai_error(&GatewayError::TooManyRequests("slow down".into()));
         assert_eq!(
             (e["type"].as_str(), e["code"].as_str()),

@@ -226,6 +226,12 @@ pub struct Config {
     /// `PROXY_BUFFER_MAX_BYTES`: the largest upstream body the proxy buffers or caches (default
     /// 1 MiB, at most `CACHE_MAX_BYTES`); larger, unknown-length and event-stream bodies stream.
     pub proxy_buffer_max_bytes: usize,
+    /// `AI_MODELS`: the OpenAI-compatible routes' models, each an ordered list of targets
+    /// (`{"gpt-4o":[{"group":"openai"},{"group":"azure","model":"gpt-4o-eu"}]}`).
+    pub ai_models: crate::ai::Models,
+    /// `AI_DEFAULT_MAX_TOKENS`: the completion tokens reserved for a request that sets no
+    /// `max_tokens` (default 256).
+    pub ai_default_max_tokens: u64,
 }
 
 fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
@@ -301,10 +307,15 @@ impl Config {
                 )));
             }
         }
+        let ai_models: crate::ai::Models = json(get, "AI_MODELS", "{}")?;
+        crate::ai::validate_models(&ai_models)
+            .map_err(|e| GatewayError::Internal(format!("configuration: AI_MODELS: {e}")))?;
         let cache_max_bytes: u64 = num(get, "CACHE_MAX_BYTES", 4 << 20, 1024, 64 << 20)?;
         let proxy_buffer_max_bytes: usize =
             num(get, "PROXY_BUFFER_MAX_BYTES", 1 << 20, 0, 64 << 20)?;
         Ok(Config {
+            ai_models,
+            ai_default_max_tokens: num(get, "AI_DEFAULT_MAX_TOKENS", 256, 1, 1_000_000)?,
             proxy_cache_query,
             proxy_buffer_max_bytes: proxy_buffer_max_bytes
                 .min(usize::try_from(cache_max_bytes).unwrap_or(usize::MAX)),

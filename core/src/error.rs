@@ -63,6 +63,18 @@ pub enum GatewayError {
     /// Stored state could not be decoded, or the platform failed: a bug or corruption.
     #[error("{0}")]
     Internal(String),
+    /// A credential, quota or model route refused the request (401, 403, 404 or 429) for a
+    /// reason with its own slug: a revoked or unknown virtual key, a model the key may not use
+    /// or nobody serves, a spent budget, a token limit.
+    #[error("{detail}")]
+    Refused {
+        /// 401, 403, 404 or 429.
+        status: u16,
+        /// The slug, e.g. `key-revoked`, `budget-exceeded`, `token-limit`.
+        kind: Cow<'static, str>,
+        /// For a human.
+        detail: String,
+    },
 }
 
 impl GatewayError {
@@ -89,6 +101,7 @@ impl GatewayError {
             GatewayError::BadGateway(_) => 502,
             GatewayError::GatewayTimeout(_) => 504,
             GatewayError::Internal(_) => 500,
+            GatewayError::Refused { status, .. } => *status,
         }
     }
 
@@ -107,6 +120,7 @@ impl GatewayError {
             GatewayError::BadGateway(_) => "bad-gateway",
             GatewayError::GatewayTimeout(_) => "gateway-timeout",
             GatewayError::Internal(_) => "internal",
+            GatewayError::Refused { kind, .. } => kind,
         }
     }
 
@@ -125,6 +139,10 @@ impl GatewayError {
             GatewayError::BadGateway(_) => "Bad gateway",
             GatewayError::GatewayTimeout(_) => "Gateway timeout",
             GatewayError::Internal(_) => "Internal error",
+            GatewayError::Refused { status: 401, .. } => "Unauthorized",
+            GatewayError::Refused { status: 403, .. } => "Forbidden",
+            GatewayError::Refused { status: 404, .. } => "Not found",
+            GatewayError::Refused { .. } => "Too many requests",
         }
     }
 }

@@ -133,6 +133,18 @@ pub enum Route {
     PolicyDelete(String),
     /// `POST /v1/events`: metric events.
     EventsIngest,
+    /// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: OpenAI-compatible.
+    Ai(crate::ai::Endpoint),
+    /// `GET /v1/models`: the configured models, in OpenAI's list shape.
+    Models,
+    /// `GET /v1/keys` (admin): every virtual key with its usage.
+    KeysList,
+    /// `POST /v1/keys` (admin): issue a key (its secret is in this answer only).
+    KeyCreate,
+    /// `GET /v1/keys/{id}` (admin).
+    KeyGet(String),
+    /// `DELETE /v1/keys/{id}` (admin): revoke.
+    KeyRevoke(String),
     /// `GET /v1/stats/{component}/{id}`.
     Stats {
         /// Which kind of object.
@@ -158,6 +170,10 @@ impl Route {
                 | Route::ExperimentRetire { .. }
                 | Route::CachePurge
                 | Route::PolicyDelete(_)
+                | Route::KeysList
+                | Route::KeyCreate
+                | Route::KeyGet(_)
+                | Route::KeyRevoke(_)
                 | Route::RateLimit {
                     op: RateLimitOp::Reset,
                     ..
@@ -230,6 +246,42 @@ pub fn route(method: &str, path: &str) -> Result<Route, GatewayError> {
             } else {
                 Route::DailyReport
             })
+        }
+        ["v1", "chat", "completions"] | ["v1", "completions"] | ["v1", "embeddings"] => {
+            if !is("POST") {
+                return Err(not_allowed(m, "POST"));
+            }
+            Ok(Route::Ai(match segs[1] {
+                "chat" => crate::ai::Endpoint::ChatCompletions,
+                "completions" => crate::ai::Endpoint::Completions,
+                _ => crate::ai::Endpoint::Embeddings,
+            }))
+        }
+        ["v1", "models"] => {
+            if is("GET") {
+                Ok(Route::Models)
+            } else {
+                Err(not_allowed(m, "GET"))
+            }
+        }
+        ["v1", "keys"] => {
+            if is("GET") {
+                Ok(Route::KeysList)
+            } else if is("POST") {
+                Ok(Route::KeyCreate)
+            } else {
+                Err(not_allowed(m, "GET, POST"))
+            }
+        }
+        ["v1", "keys", id] => {
+            crate::keys::validate_id(id)?;
+            if is("GET") {
+                Ok(Route::KeyGet(id.to_string()))
+            } else if is("DELETE") {
+                Ok(Route::KeyRevoke(id.to_string()))
+            } else {
+                Err(not_allowed(m, "GET, DELETE"))
+            }
         }
         ["v1", "rollup", "run"] => {
             if is("POST") {
@@ -519,5 +571,36 @@ mod tests {
                 arm: "t".into()
             }
         );
+    }
+
+    #[test]
+    fn ai_and_key_routes() {
+        use crate::ai::Endpoint;
+        assert_eq!(
+            route("POST", "/v1/chat/completions").unwrap(),
+            Route::Ai(Endpoint::ChatCompletions)
+        );
+        assert_eq!(
+            route("POST", "/v1/completions").unwrap(),
+            Route::Ai(Endpoint::Completions)
+        );
+        assert_eq!(
+            route("POST", "/v1/embeddings").unwrap(),
+            Route::Ai(Endpoint::Embeddings)
+        );
+        assert_eq!(
+            route("GET", "/v1/chat/completions").unwrap_err().status(),
+            405
+        );
+        assert_eq!(route("GET", "/v1/models").unwrap(), Route::Models);
+        assert_eq!(route("POST", "/v1/keys").unwrap(), Route::KeyCreate);
+        let id = "key_0123456789abcdef";
+        assert_eq!(
+            route("DELETE", &format!("/v1/keys/{id}")).unwrap(),
+            Route::KeyRevoke(id.into())
+        );
+        assert_eq!(route("GET", "/v1/keys/nope").unwrap_err().status(), 400);
+        assert!(Route::KeyCreate.requires_admin() && Route::KeyRevoke(id.into()).requires_admin());
+        assert!(!Route::Ai(Endpoint::Embeddings).requires_admin());
     }
 }

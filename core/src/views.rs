@@ -6,6 +6,7 @@
 use serde_json::{json as j, Value};
 
 use crate::experiment::{MetricKind, Verdict};
+use crate::keys::KeyView;
 use crate::protocol::experiment::State;
 use crate::protocol::ratelimit::PolicyEntry;
 
@@ -150,6 +151,26 @@ pub fn policy(e: &PolicyEntry) -> Value {
             crate::protocol::ratelimit::PolicySource::Admin => "admin",
         },
         "version": e.version,
+    })
+}
+
+/// A virtual key (`/v1/keys`): its definition and usage, never its secret or hash.
+pub fn key(k: &KeyView) -> Value {
+    let d = &k.def;
+    j!({
+        "id": k.id,
+        "name": d.name,
+        "created_at": k.created_at.to_rfc3339(),
+        "revoked_at": k.revoked_at.map(|t| t.to_rfc3339()),
+        "policy": d.policy.map(|p| p.to_json()),
+        "tokens_per_minute": d.tokens_per_minute,
+        "tokens_per_day": d.tokens_per_day,
+        "budget_day_micro_usd": d.budget_day_micro_usd,
+        "budget_month_micro_usd": d.budget_month_micro_usd,
+        "models": d.models,
+        "groups": d.groups,
+        "metadata": d.metadata,
+        "usage": k.usage,
     })
 }
 

@@ -45,7 +45,7 @@ use gateway_core::protocol::{
 use gateway_core::rate_limit::policy::{Algorithm, Policy};
 use gateway_core::rate_limit::sliding::SlidingWindowPolicy;
 use gateway_core::rate_limit::{Decision, TokenBucketPolicy};
-use gateway_core::{GatewayError, UnixMillis};
+use gateway_core::{keys, GatewayError, UnixMillis};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -126,6 +126,61 @@ macro_rules! goldens {
 }
 
 // ---- fixed values ----------------------------------------------------------------------------
+
+const KEY_ID: &str = "key_0123456789abcdef";
+
+fn key_def() -> keys::KeyDef {
+    keys::KeyDef {
+        name: Some("search".into()),
+        policy: Some(policy_bucket()),
+        tokens_per_minute: Some(10_000),
+        tokens_per_day: None,
+        budget_day_micro_usd: Some(5_000_000),
+        budget_month_micro_usd: None,
+        models: vec!["gpt-4o".into()],
+        groups: vec![],
+        metadata: [("team".to_string(), "search".to_string())].into(),
+    }
+}
+
+fn key_record() -> keys::KeyRecord {
+    keys::KeyRecord {
+        id: KEY_ID.into(),
+        hash: "ab".repeat(32),
+        def: key_def(),
+        created_at: at(1_700_000_000_000),
+        revoked_at: None,
+    }
+}
+
+fn key_view() -> keys::KeyView {
+    keys::KeyView {
+        id: KEY_ID.into(),
+        def: key_def(),
+        created_at: at(1_700_000_000_000),
+        revoked_at: Some(at(1_700_000_060_000)),
+        usage: keys::usage::UsageView {
+            tokens_minute: 120,
+            tokens_day: 900,
+            spend_day_micro_usd: 450,
+            spend_month_micro_usd: 1_450,
+            in_flight: 1,
+            requests: 9,
+            tokens: 880,
+            spent_micro_usd: 1_450,
+        },
+    }
+}
+
+fn token_limit() -> keys::Limit {
+    keys::Limit {
+        name: "tokens".into(),
+        quota: 10_000,
+        window_s: 60,
+        remaining: 9_700,
+        reset_s: 30,
+    }
+}
 
 fn at(ms: i64) -> UnixMillis {
     UnixMillis(ms)
@@ -500,10 +555,22 @@ impl Variants for ratelimit::Request {
         "Stats",
         "PutPolicy",
         "ListPolicies",
+        "CreateKey",
+        "GetKey",
+        "ListKeys",
+        "RevokeKey",
+        "Admit",
+        "SettleKey",
     ];
     fn variant(&self) -> &'static str {
         use ratelimit::Request::*;
         match self {
+            CreateKey(_) => "CreateKey",
+            GetKey { .. } => "GetKey",
+            ListKeys => "ListKeys",
+            RevokeKey { .. } => "RevokeKey",
+            Admit { .. } => "Admit",
+            SettleKey { .. } => "SettleKey",
             Take { .. } => "Take",
             Peek { .. } => "Peek",
             Reset { .. } => "Reset",
@@ -515,11 +582,24 @@ impl Variants for ratelimit::Request {
 }
 
 impl Variants for ratelimit::Response {
-    const ALL: &'static [&'static str] =
-        &["Decision", "Reset", "Stats", "PolicyStored", "Policies"];
+    const ALL: &'static [&'static str] = &[
+        "Decision",
+        "Reset",
+        "Stats",
+        "PolicyStored",
+        "Policies",
+        "Key",
+        "Keys",
+        "Admission",
+        "KeySettled",
+    ];
     fn variant(&self) -> &'static str {
         use ratelimit::Response::*;
         match self {
+            Key(_) => "Key",
+            Keys(_) => "Keys",
+            Admission(_) => "Admission",
+            KeySettled { .. } => "KeySettled",
             Decision { .. } => "Decision",
             Reset { .. } => "Reset",
             Stats(_) => "Stats",
@@ -627,6 +707,7 @@ impl Variants for GatewayError {
         "BadGateway",
         "GatewayTimeout",
         "Internal",
+        "Refused",
     ];
     fn variant(&self) -> &'static str {
         match self {
@@ -642,6 +723,7 @@ impl Variants for GatewayError {
             GatewayError::BadGateway(_) => "BadGateway",
             GatewayError::GatewayTimeout(_) => "GatewayTimeout",
             GatewayError::Internal(_) => "Internal",
+            GatewayError::Refused { .. } => "Refused",
         }
     }
 }
@@ -868,6 +950,21 @@ pub mod mixed_version_rollout_breaks_if_these_bytes_change {
             version: Some(1_700_000_000_000),
         } => "010405627572737401013ce0d403010180a0abfef962",
         list_policies: ratelimit::Request::ListPolicies => "0105",
+        create_key: ratelimit::Request::CreateKey(Box::new(key_record())) => "0106146b65795f30313233343536373839616263646566406162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616201067365617263680100640ae8070001904e0001c096b1020001066770742d346f0001047465616d0673656172636880a0abfef96200",
+        get_key: ratelimit::Request::GetKey { id: KEY_ID.into() } => "0107146b65795f30313233343536373839616263646566",
+        list_keys: ratelimit::Request::ListKeys => "0108",
+        revoke_key: ratelimit::Request::RevokeKey { id: KEY_ID.into() } => "0109146b65795f30313233343536373839616263646566",
+        admit: ratelimit::Request::Admit {
+            id: KEY_ID.into(),
+            hash: "ab".repeat(32),
+            ask: keys::Admission { model: "gpt-4o".into(), group: "openai".into(), tokens: 300 },
+        } => "010a146b65795f303132333435363738396162636465664061626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162616261626162066770742d346f066f70656e6169ac02",
+        settle_key: ratelimit::Request::SettleKey {
+            id: KEY_ID.into(),
+            reservation: 7,
+            tokens: Some(120),
+            cost_micro_usd: 450,
+        } => "010b146b65795f30313233343536373839616263646566070178c203",
     }}
 
     goldens! { ratelimit_response: ratelimit::Response => Reply<ratelimit::Response> = Ok; {
@@ -907,7 +1004,33 @@ pub mod mixed_version_rollout_breaks_if_these_bytes_change {
                 version: 3,
             },
         ]) => "010004020764656661756c7400640ae807000000056275727374013ce0d403010106",
+        key: ratelimit::Response::Key(Box::new(key_view())) => "010005146b65795f3031323334353637383961626364656601067365617263680100640ae8070001904e0001c096b1020001066770742d346f0001047465616d0673656172636880a0abfef96201c0c9b2fef962788407c203aa0b0109f006aa0b",
+        keys: ratelimit::Response::Keys(vec![key_view()]) => "01000601146b65795f3031323334353637383961626364656601067365617263680100640ae8070001904e0001c096b1020001066770742d346f0001047465616d0673656172636880a0abfef96201c0c9b2fef962788407c203aa0b0109f006aa0b",
+        admission: ratelimit::Response::Admission(Box::new(Ok(keys::Admitted {
+            reservation: 7,
+            name: Some("search".into()),
+            limits: vec![token_limit()],
+            groups: vec!["openai".into()],
+        }))) => "010007000701067365617263680106746f6b656e73904e3ce44b1e01066f70656e6169",
+        key_settled: ratelimit::Response::KeySettled { settled: true } => "01000801",
     }}
+
+    #[test]
+    fn a_refused_admission() {
+        check(
+            "ratelimit_response::refused",
+            &Reply::<ratelimit::Response>::Ok(ratelimit::Response::Admission(Box::new(Err(
+                keys::Refusal {
+                    status: 429,
+                    kind: "token-limit".into(),
+                    detail: "over".into(),
+                    retry_after_s: Some(30),
+                    limits: vec![token_limit()],
+                },
+            )))),
+            "01000701ad030b746f6b656e2d6c696d6974046f766572011e0106746f6b656e73904e3ce44b1e",
+        );
+    }
 
     goldens! { wire_error: GatewayError => Reply<()> = wire_err; {
         bad_request: GatewayError::bad_request("invalid-cost", "cost must be 1..=1000") => "010190030c696e76616c69642d636f737415636f7374206d75737420626520312e2e3d3130303000",
@@ -925,6 +1048,7 @@ pub mod mixed_version_rollout_breaks_if_these_bytes_change {
         bad_gateway: GatewayError::BadGateway("every provider failed".into()) => "0101f6030b6261642d676174657761791565766572792070726f7669646572206661696c656400",
         gateway_timeout: GatewayError::GatewayTimeout("every provider timed out".into()) => "0101f8030f676174657761792d74696d656f75741865766572792070726f76696465722074696d6564206f757400",
         internal: GatewayError::Internal("storage: boom".into()) => "0101f40308696e7465726e616c0d73746f726167653a20626f6f6d00",
+        refused: GatewayError::Refused { status: 429, kind: "budget-exceeded".into(), detail: "spent".into() } => "0101ad030f6275646765742d6578636565646564057370656e7400",
     }}
 
     goldens! { providers_request: providers::Request => providers::Request = |v| v; {

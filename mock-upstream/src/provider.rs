@@ -265,11 +265,15 @@ fn success(req: &Request, name: &str, id: u64, b: &Behaviour) -> Answer {
             let completion = u64::from(b.completion_tokens);
             // The target after `/{name}`, e.g. `/v1/chat/completions` (query kept).
             let path = req.target.get(name.len() + 1..).unwrap_or("/");
+            // Like OpenAI, the answer names the model the request asked for.
+            let asked = serde_json::from_slice::<serde_json::Value>(&req.body)
+                .ok()
+                .and_then(|v| v.get("model")?.as_str().map(str::to_string));
             let body = Completion {
                 id: format!("mock-{name}-{id}"),
                 object: "chat.completion",
                 provider: name,
-                model: "mock-1",
+                model: asked.as_deref().unwrap_or("mock-1"),
                 method: &req.method,
                 path,
                 choices: [Choice {

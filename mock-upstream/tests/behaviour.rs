@@ -171,6 +171,20 @@ fn server() -> mock_upstream::Server {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+fn the_answer_names_the_model_the_request_asked_for() {
+    let s = server();
+    let r = call_with(
+        s.port(),
+        "POST",
+        "/alpha/v1/chat/completions",
+        &[],
+        r#"{"messages":[],"model":"gpt-4o-mini"}"#,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["model"], "gpt-4o-mini");
+}
+
+#[test]
 fn default_call_succeeds_with_openai_style_body_and_usage() {
     let s = server();
     let r = call_with(

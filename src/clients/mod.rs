@@ -12,6 +12,7 @@
 pub mod aggregator;
 pub mod cache;
 pub mod experiments;
+pub mod keys;
 pub mod providers;
 pub mod ratelimit;
 
@@ -26,6 +27,7 @@ use crate::error::{AppError, AppResult};
 pub use aggregator::Aggregator;
 pub use cache::CacheShards;
 pub use experiments::Experiments;
+pub use keys::Keys;
 pub use providers::Providers;
 pub use ratelimit::RateLimiter;
 

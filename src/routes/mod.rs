@@ -1,9 +1,11 @@
 //! Route handlers: one module per component behind one dispatch.
 
+pub mod ai;
 pub mod cache;
 pub mod events;
 pub mod experiments;
 pub mod health;
+pub mod keys;
 pub mod providers;
 pub mod proxy;
 pub mod ratelimit;
@@ -69,5 +71,11 @@ pub async fn dispatch(
         Route::ExperimentResume(name) => experiments::pause(env, &name, false).await,
         Route::ExperimentRetire { name, arm } => experiments::retire(env, &name, &arm).await,
         Route::Stats { component, id } => stats::stats(env, cfg, component, &id).await,
+        Route::Ai(endpoint) => ai::handle(req, env, ctx, cfg, request_id, endpoint).await,
+        Route::Models => ai::models(cfg),
+        Route::KeysList => keys::list(env, cfg).await,
+        Route::KeyCreate => keys::create(req, env, cfg).await,
+        Route::KeyGet(id) => keys::get(env, cfg, &id).await,
+        Route::KeyRevoke(id) => keys::revoke(env, cfg, &id).await,
     }
 }

@@ -24,6 +24,7 @@
 //! in flight when the budget ran out. A reservation never settled (its isolate died) is charged
 //! at its estimate after [`RESERVATION_TTL_MS`].
 
+pub mod store;
 #[cfg(test)]
 mod tests;
 pub mod usage;

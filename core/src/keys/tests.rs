@@ -208,3 +208,87 @@ fn month_bounds_follow_the_calendar() {
     assert_eq!(s, 1_796_083_200_000); // 2026-12-01
     assert_eq!(e, 1_798_761_600_000); // 2027-01-01
 }
+
+mod store_tests {
+    use super::*;
+    use crate::protocol::ratelimit::{Request, Response as Reply};
+
+    fn admit(id: &str, hash: &str) -> Request {
+        Request::Admit {
+            id: id.into(),
+            hash: hash.into(),
+            ask: ask(10),
+        }
+    }
+
+    #[test]
+    fn only_the_exact_secret_hash_is_admitted() {
+        let key = record(KeyDef::default());
+        let (id, hash) = (key.id.clone(), key.hash.clone());
+        let (reply, writes) =
+            store::handle(admit(&id, &hash), Some(key.clone()), None, NOW).unwrap();
+        assert!(matches!(reply, Reply::Admission(a) if a.is_ok()));
+        assert_eq!(writes.len(), 1);
+        let wrong = "0".repeat(64);
+        let (reply, writes) = store::handle(admit(&id, &wrong), Some(key), None, NOW).unwrap();
+        match reply {
+            Reply::Admission(a) => assert_eq!(a.unwrap_err().kind, "invalid-api-key"),
+            other => panic!("{other:?}"),
+        }
+        assert!(writes.is_empty());
+        let (reply, _) = store::handle(admit(&id, &hash), None, None, NOW).unwrap();
+        assert!(
+            matches!(reply, Reply::Admission(a) if a.as_ref().as_ref().is_err_and(|r| r.status == 401))
+        );
+    }
+
+    #[test]
+    fn create_conflicts_revoke_is_idempotent_and_settle_needs_the_key() {
+        let key = record(KeyDef::default());
+        let id = key.id.clone();
+        let create = Request::CreateKey(Box::new(key.clone()));
+        assert!(store::handle(create.clone(), None, None, NOW).is_ok());
+        assert_eq!(
+            store::handle(create, Some(key.clone()), None, NOW)
+                .unwrap_err()
+                .status(),
+            409
+        );
+        let (reply, writes) = store::handle(
+            Request::RevokeKey { id: id.clone() },
+            Some(key.clone()),
+            None,
+            NOW,
+        )
+        .unwrap();
+        let revoked = match (reply, writes.as_slice()) {
+            (Reply::Key(v), [store::Write::Record(r)]) => {
+                assert_eq!(v.revoked_at, Some(NOW));
+                (**r).clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        let (_, writes) = store::handle(
+            Request::RevokeKey { id: id.clone() },
+            Some(revoked),
+            None,
+            NOW,
+        )
+        .unwrap();
+        assert!(writes.is_empty(), "revoking twice writes nothing");
+        let settle = Request::SettleKey {
+            id: id.clone(),
+            reservation: 0,
+            tokens: Some(1),
+            cost_micro_usd: 1,
+        };
+        let (reply, _) = store::handle(settle, None, None, NOW).unwrap();
+        assert_eq!(reply, Reply::KeySettled { settled: false });
+        assert_eq!(
+            store::handle(Request::GetKey { id }, None, None, NOW)
+                .unwrap_err()
+                .status(),
+            404
+        );
+    }
+}

@@ -149,10 +149,12 @@ impl Limit {
 pub struct Admitted {
     /// Settle with this.
     pub reservation: u64,
-    /// The key's labels (for the request's record).
+    /// The key's label.
     pub name: Option<String>,
     /// Header state of the key's limits.
     pub limits: Vec<Limit>,
+    /// The groups the key may reach (empty: any), for the model's fallback targets.
+    pub groups: Vec<String>,
 }
 
 /// A refused request: a problem for the client, never an error of the object.
@@ -435,6 +437,7 @@ impl Usage {
             reservation: id,
             name: def.name.clone(),
             limits: self.limits(def, now, request.as_ref().map(|(p, d)| (*p, d))),
+            groups: def.groups.clone(),
         })
     }
 

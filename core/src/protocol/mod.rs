@@ -190,6 +190,11 @@ impl WireError {
             ("bad-gateway", _) => GatewayError::BadGateway(detail),
             ("gateway-timeout", _) => GatewayError::GatewayTimeout(detail),
             ("internal", _) => GatewayError::Internal(detail),
+            (_, _) if matches!(status, 401 | 403 | 404 | 429) => GatewayError::Refused {
+                status,
+                kind: kind.into(),
+                detail,
+            },
             _ => match status {
                 401 => GatewayError::Unauthorized,
                 403 => GatewayError::Forbidden(detail),

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ObjectStats;
+use crate::keys::{Admission, Admitted, KeyRecord, KeyView, Refusal};
 use crate::rate_limit::policy::Policy;
 use crate::rate_limit::Decision;
 
@@ -55,6 +56,41 @@ pub enum Request {
     },
     /// The effective policies.
     ListPolicies,
+    /// Store a new virtual key (its id routes it to this shard).
+    CreateKey(Box<KeyRecord>),
+    /// One key's view.
+    GetKey {
+        /// Key id.
+        id: String,
+    },
+    /// Every key this shard holds.
+    ListKeys,
+    /// Revoke a key (takes effect for the next admission).
+    RevokeKey {
+        /// Key id.
+        id: String,
+    },
+    /// Admit a request under a key: identity, allowed model, budgets, token windows, request
+    /// rate; on success a reservation of the estimate.
+    Admit {
+        /// Key id (from the secret).
+        id: String,
+        /// SHA-256 of the secret, hex.
+        hash: String,
+        /// What the request asks.
+        ask: Admission,
+    },
+    /// Settle a reservation with the real usage and cost.
+    SettleKey {
+        /// Key id.
+        id: String,
+        /// The reservation.
+        reservation: u64,
+        /// Real tokens (prompt + completion), if the answer reported them.
+        tokens: Option<u64>,
+        /// Cost, micro-USD.
+        cost_micro_usd: u64,
+    },
 }
 
 /// Per-policy decision counters of one shard.
@@ -135,4 +171,15 @@ pub enum Response {
     },
     /// The effective policies.
     Policies(Vec<PolicyEntry>),
+    /// One key.
+    Key(Box<KeyView>),
+    /// Keys.
+    Keys(Vec<KeyView>),
+    /// An admission: admitted, or refused (a value, like a rate-limit denial).
+    Admission(Box<Result<Admitted, Refusal>>),
+    /// Whether a settle found its reservation in flight.
+    KeySettled {
+        /// It did (false: already settled or expired; nothing changed).
+        settled: bool,
+    },
 }

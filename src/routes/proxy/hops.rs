@@ -79,7 +79,8 @@ impl Books {
     }
 
     /// Settles a forwarded request once its body ended: one `Settle` (outcomes, unused
-    /// candidates) and the cache fill concurrently, then the record.
+    /// candidates) and the cache fill concurrently, then the record. Returns what the request
+    /// cost and the tokens its answer reported.
     pub async fn settle(
         self,
         p: Plan,
@@ -87,8 +88,16 @@ impl Books {
         status: u16,
         cache: CacheOutcome,
         latency_ms: u32,
-    ) {
+    ) -> Settled {
+        let tokens = body
+            .as_ref()
+            .and_then(|m| m.usage)
+            .map(|u| u64::from(u.input_tokens) + u64::from(u.output_tokens));
         let s = p.settle(body);
+        let settled = Settled {
+            cost_micro_usd: s.cost_micro_usd,
+            tokens,
+        };
         let record = s.record(&self.group, self.record(status, cache, latency_ms));
         let providers = Providers::new(&self.env);
         let settle = providers.settle(&self.group, s.outcomes, s.released);
@@ -102,5 +111,15 @@ impl Books {
         let inline = Inline::default();
         self.observe(&inline, record);
         inline.run().await;
+        settled
     }
+}
+
+/// What a settled request cost and used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settled {
+    /// Cost of every attempt, micro-USD.
+    pub cost_micro_usd: u64,
+    /// Prompt + completion tokens the answer reported (`None`: it reported none).
+    pub tokens: Option<u64>,
 }

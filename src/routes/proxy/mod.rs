@@ -7,7 +7,7 @@
 //! 3. After the body ended (a stream: when it completes, fails or the client leaves) one task
 //!    off the response path settles ([`Books::settle`]).
 
-mod hops;
+pub mod hops;
 
 use gateway_core::config::Config;
 use gateway_core::observe::{CacheOutcome, Record};
@@ -164,6 +164,7 @@ pub async fn proxy(
         query,
         headers,
         body,
+        bodies: Vec::new(),
         request_id: request_id.into(),
     };
     let walked = walk(env, &mut p, &out).await?;
@@ -192,7 +193,11 @@ pub async fn proxy(
         }
         Walked::Other(Step::Stale(c)) => {
             let (resp, status) = cached_response(c)?;
-            ctx.wait_until(books.settle(p, None, status, CacheOutcome::Stale, latency_ms));
+            ctx.wait_until(async move {
+                books
+                    .settle(p, None, status, CacheOutcome::Stale, latency_ms)
+                    .await;
+            });
             decorate(resp, "STALE", None, attempts.len())
         }
         Walked::Other(step) => {
@@ -204,7 +209,9 @@ pub async fn proxy(
                 },
             };
             let status = f.error.status();
-            ctx.wait_until(books.settle(p, None, status, looked_up, latency_ms));
+            ctx.wait_until(async move {
+                books.settle(p, None, status, looked_up, latency_ms).await;
+            });
             let mut extra = serde_json::Map::new();
             extra.insert("attempts".into(), serde_json::json!(attempts));
             extra.insert("group".into(), serde_json::json!(group));
