@@ -25,9 +25,10 @@ dev: build
 test: setup-test fmt-check lint test-native build test-e2e deploy-dry-run
 	@echo "==> all tests passed"
 
-# The end-to-end tests also need promtool (exposition-format check) and Chromium (dashboard).
+# The end-to-end tests also need promtool (exposition-format check), Chromium (dashboard) and
+# the openai Python package (the SDK test).
 setup-test:
-	@bash scripts/setup.sh promtool chromium
+	@bash scripts/setup.sh promtool chromium openai
 
 fmt:
 	cargo fmt --all

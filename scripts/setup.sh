@@ -5,7 +5,9 @@
 #   - npm packages from package-lock.json (wrangler, Node 22 for wrangler, binaryen's wasm-opt)
 # Optional extras: `setup.sh bench` also installs wrk (Debian) for `make bench`,
 # `setup.sh promtool` installs Prometheus' promtool (Debian) for the exposition-format check,
-# `setup.sh chromium` headless Chromium (Debian) for the dashboard test; `make test` asks for both.
+# `setup.sh chromium` headless Chromium (Debian) for the dashboard test, `setup.sh openai` the
+# official `openai` Python package (PyPI, in a venv under .tools/py) for the SDK test; `make test`
+# asks for all three.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -73,6 +75,12 @@ for extra in "$@"; do
             if ! command -v promtool >/dev/null; then
                 step "installing promtool (Debian package prometheus) for the exposition-format check"
                 apt_install prometheus
+            fi ;;
+        openai)
+            if ! "$ROOT/.tools/py/bin/python" -c "import openai" 2>/dev/null; then
+                step "installing the openai Python package (PyPI, in .tools/py) for the SDK test"
+                python3 -m venv "$ROOT/.tools/py" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$ROOT/.tools/py"; }
+                "$ROOT/.tools/py/bin/pip" install -q "openai==3.63.0"
             fi ;;
         chromium)
             if ! command -v chromium >/dev/null; then

@@ -3,6 +3,7 @@
 //! uses its own keys, so tests run in parallel. Restart tests live in `tests/restart/`.
 
 mod aggregator;
+mod ai;
 mod bad_input;
 mod cache;
 mod experiments;

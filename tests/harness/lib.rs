@@ -392,6 +392,9 @@ pub fn providers_var(base: &str) -> String {
     .to_string()
 }
 
+/// The models of the OpenAI-compatible suite: each test configures its own groups.
+pub const AI_MODELS: &str = r#"{"e2e-chat":[{"group":"ai_chat","model":"chat-upstream"}],"e2e-embed":[{"group":"ai_embed"}],"e2e-fallback":[{"group":"ai_down","model":"down-model"},{"group":"ai_up","model":"fallback-model"}],"e2e-tokens":[{"group":"ai_tok"}],"e2e-keys":[{"group":"ai_keys"}],"e2e-spend":[{"group":"ai_spend"}],"e2e-sdk":[{"group":"ai_sdk","model":"sdk-upstream"}]}"#;
+
 /// `--var` overrides used by the suites: short alarm intervals, small caches, test policies.
 pub fn test_vars(upstream: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -407,6 +410,7 @@ pub fn test_vars(upstream: &str) -> Vec<(&'static str, String)> {
             "RATE_LIMIT_POLICIES",
             r#"{"default":{"capacity":100000,"refill":100000,"period_ms":60000},"tight":{"capacity":5,"refill":1,"period_ms":3600000},"fast":{"capacity":2,"refill":10,"period_ms":1000}}"#.into(),
         ),
+        ("AI_MODELS", AI_MODELS.into()),
         (
             "EXPERIMENTS",
             r#"{"title-search-ttl":{"primary":"cache_hit","guardrails":["latency_ms","error"],"target":{"group":"demo","path_prefix":"/title"},"variants":[{"name":"control","weight":50,"params":{"cache_ttl_s":86400}},{"name":"treatment","weight":50,"params":{"cache_ttl_s":172800}}]}}"#.into(),
