@@ -11,6 +11,7 @@ mod front;
 mod providers;
 mod proxy;
 mod rate_limiter;
+mod sdk;
 
 use std::sync::OnceLock;
 
