@@ -3,47 +3,16 @@
 
 use std::time::Duration;
 
-use gateway_e2e::{eventually, send};
+use gateway_e2e::eventually;
 use serde_json::{json, Value};
 
-use crate::{shared, unique};
+use crate::proxy::{configure, control, mock_counters};
+use crate::shared;
 
-/// Configures `group` with fresh mock providers (`extra` fields on each); returns their names.
+/// Configures `group` with `n` fresh mock providers speaking OpenAI's API under `/v1`.
 fn ai_group(group: &str, n: usize, extra: Value) -> Vec<String> {
-    let s = shared();
-    let names: Vec<String> = (0..n)
-        .map(|i| format!("{group}{i}_{}", unique("").replace('-', "")))
-        .collect();
-    let list: Vec<Value> = names
-        .iter()
-        .map(|name| {
-            let mut p = json!({"name": name, "url": format!("{}/{name}/v1", s.upstream.url()), "weight": 1});
-            if let (Some(o), Some(e)) = (p.as_object_mut(), extra.as_object()) {
-                for (k, v) in e {
-                    o.insert(k.clone(), v.clone());
-                }
-            }
-            p
-        })
-        .collect();
-    let r = s.rt.admin(
-        "PUT",
-        &format!("/v1/providers/{group}"),
-        &json!({ "providers": list }),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    names
-}
-
-fn control(name: &str, body: Value) {
-    let url = format!("{}/__control/{name}", shared().upstream.url());
-    let r = send("PUT", &url, &[], Some(body.to_string().as_bytes()));
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
-fn mock_counters(name: &str) -> Value {
-    let url = format!("{}/__control/{name}", shared().upstream.url());
-    send("GET", &url, &[], None).json()["counters"].clone()
+    let providers: Vec<(&str, u32)> = (0..n).map(|_| (group, 1)).collect();
+    configure(group, &providers, "/v1", extra)
 }
 
 /// Issues a key; returns (id, secret).

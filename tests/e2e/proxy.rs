@@ -9,8 +9,20 @@ use crate::{shared, unique};
 
 /// A fresh group of fresh mock providers; returns (group, provider names).
 pub(crate) fn group(providers: &[(&str, u32)], extra: Value) -> (String, Vec<String>) {
-    let s = shared();
     let g = unique("pg").replace('-', "_");
+    let names = configure(&g, providers, "", extra);
+    (g, names)
+}
+
+/// Configures `group` with fresh mock providers (`(prefix, weight)`, URL
+/// `{mock}/{name}{suffix}`, `extra` fields on each); returns their names.
+pub(crate) fn configure(
+    group: &str,
+    providers: &[(&str, u32)],
+    suffix: &str,
+    extra: Value,
+) -> Vec<String> {
+    let s = shared();
     let names: Vec<String> = providers
         .iter()
         .map(|(n, _)| format!("{n}_{}", unique("").replace('-', "")))
@@ -19,8 +31,8 @@ pub(crate) fn group(providers: &[(&str, u32)], extra: Value) -> (String, Vec<Str
         .iter()
         .zip(&names)
         .map(|((_, w), name)| {
-            let mut p =
-                json!({"name": name, "url": format!("{}/{name}", s.upstream.url()), "weight": w});
+            let url = format!("{}/{name}{suffix}", s.upstream.url());
+            let mut p = json!({"name": name, "url": url, "weight": w});
             if let (Some(obj), Some(e)) = (p.as_object_mut(), extra.as_object()) {
                 for (k, v) in e {
                     obj.insert(k.clone(), v.clone());
@@ -31,20 +43,20 @@ pub(crate) fn group(providers: &[(&str, u32)], extra: Value) -> (String, Vec<Str
         .collect();
     let r = s.rt.admin(
         "PUT",
-        &format!("/v1/providers/{g}"),
+        &format!("/v1/providers/{group}"),
         &json!({ "providers": list }),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    (g, names)
+    names
 }
 
-fn control(name: &str, body: Value) {
+pub(crate) fn control(name: &str, body: Value) {
     let url = format!("{}/__control/{name}", shared().upstream.url());
     let r = send("PUT", &url, &[], Some(body.to_string().as_bytes()));
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-fn mock_counters(name: &str) -> Value {
+pub(crate) fn mock_counters(name: &str) -> Value {
     let url = format!("{}/__control/{name}", shared().upstream.url());
     send("GET", &url, &[], None).json()["counters"].clone()
 }
