@@ -261,6 +261,40 @@ fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     None
 }
 
+/// The secret a request presents: `Authorization: Bearer <secret>` (any case of `Bearer`), else
+/// an `api-key` header as Azure's SDKs send it.
+pub fn presented_secret<'a>(
+    authorization: Option<&'a str>,
+    api_key: Option<&'a str>,
+) -> Option<&'a str> {
+    if let Some(v) = authorization.map(str::trim) {
+        if v.len() > 7 && v.is_char_boundary(7) && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(v[7..].trim()).filter(|s| !s.is_empty());
+        }
+    }
+    api_key.map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The targets a key may use, in fallback order (`allowed_groups` empty: every one).
+pub fn allowed_targets<'a>(
+    targets: &'a [Target],
+    allowed_groups: &'a [String],
+) -> impl Iterator<Item = &'a Target> + 'a {
+    targets
+        .iter()
+        .filter(move |t| allowed_groups.is_empty() || allowed_groups.contains(&t.group))
+}
+
+/// The tokens a settled answer charges the key: an error answer none, a success what its usage
+/// reported (`None`, no usage: the reservation's estimate stays charged).
+pub fn charged_tokens(status: u16, reported: Option<u64>) -> Option<u64> {
+    if (200..300).contains(&status) {
+        reported
+    } else {
+        Some(0)
+    }
+}
+
 /// OpenAI's error object for `e` (`type` from the status; `code` the problem slug, or
 /// `model_not_found` for a model nobody configured, as OpenAI spells it).
 pub fn openai_error(e: &GatewayError) -> Value {
@@ -380,6 +414,38 @@ mod tests {
         assert!(validate_models(&bad).is_err());
         let list = models_list(&models);
         assert_eq!(list["data"][0]["id"], "gpt-4o");
+    }
+
+    #[test]
+    fn the_secret_comes_from_bearer_or_api_key() {
+        assert_eq!(
+            presented_secret(Some("Bearer sk-eg-1"), None),
+            Some("sk-eg-1")
+        );
+        assert_eq!(
+            presented_secret(Some("bearer  sk-eg-2 "), Some("x")),
+            Some("sk-eg-2")
+        );
+        assert_eq!(presented_secret(None, Some("sk-eg-3")), Some("sk-eg-3"));
+        assert_eq!(presented_secret(Some("Basic abc"), None), None);
+        assert_eq!(presented_secret(Some("Bearer "), None), None);
+        assert_eq!(presented_secret(Some("Bé"), None), None);
+    }
+
+    #[test]
+    fn fallbacks_skip_groups_the_key_may_not_reach_and_errors_charge_no_tokens() {
+        let models: Models =
+            serde_json::from_str(r#"{"m":[{"group":"a"},{"group":"b"},{"group":"c"}]}"#).unwrap();
+        let only: Vec<String> = vec!["a".into(), "c".into()];
+        let groups: Vec<&str> = allowed_targets(&models["m"], &only)
+            .map(|t| t.group.as_str())
+            .collect();
+        assert_eq!(groups, ["a", "c"]);
+        assert_eq!(allowed_targets(&models["m"], &[]).count(), 3);
+        assert_eq!(charged_tokens(200, Some(40)), Some(40));
+        assert_eq!(charged_tokens(200, None), None);
+        assert_eq!(charged_tokens(400, Some(40)), Some(0));
+        assert_eq!(charged_tokens(503, None), Some(0));
     }
 
     #[test]
