@@ -67,6 +67,7 @@ pub mod migrations {
     pub const AGGREGATOR: &[Migration] = &[
         m!(1, "aggregator", "0001_init.sql"),
         m!(2, "aggregator", "0002_records_root.sql"),
+        m!(3, "aggregator", "0003_spend.sql"),
     ];
 }
 

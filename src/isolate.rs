@@ -4,7 +4,9 @@
 //! configuration is cached in [`crate::config`].)
 //!
 //! **Records.** Each proxied request's [`Record`] joins an isolate-local batch that is flushed
-//! to one aggregator shard, off the response path.
+//! to one aggregator shard, off the response path. Each settled AI request's [`SpendRecord`]
+//! ([`emit_spend`]) joins the same batch: a batch with spend is sent as `Ingest`, one without
+//! as `Record` (as before spend existed).
 //!
 //! The first record of a batch schedules the flush with `ctx.wait_until` after
 //! [`FLUSH_DELAY_MS`]; records that arrive meanwhile ride along (the scheduled flush keeps the
@@ -22,6 +24,7 @@ use std::collections::HashMap;
 use futures::future::join_all;
 use gateway_core::config::Config;
 use gateway_core::experiment::{select, ArmParams, Target};
+use gateway_core::observe::spend::SpendRecord;
 use gateway_core::observe::Record;
 use gateway_core::UnixMillis;
 use worker::{Context, Delay, Env};
@@ -36,14 +39,21 @@ pub const MAX_BATCH: usize = 500;
 
 thread_local! {
     static BATCH: RefCell<Vec<Record>> = const { RefCell::new(Vec::new()) };
+    static SPEND: RefCell<Vec<SpendRecord>> = const { RefCell::new(Vec::new()) };
     static SCHEDULED: Cell<bool> = const { Cell::new(false) };
     static FLUSHES: Cell<u64> = const { Cell::new(0) };
     /// A random id for this isolate: batch ids are `{isolate}-{n}`, unique without coordination.
     static ISOLATE: u64 = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
 }
 
-async fn send(env: &Env, shards: u32, request_id: &str, records: Vec<Record>) {
-    if records.is_empty() {
+async fn send(
+    env: &Env,
+    shards: u32,
+    request_id: &str,
+    records: Vec<Record>,
+    spend: Vec<SpendRecord>,
+) {
+    if records.is_empty() && spend.is_empty() {
         return;
     }
     // One retry; the batch id lets the shard recognise a retried delivery that had in fact
@@ -54,9 +64,33 @@ async fn send(env: &Env, shards: u32, request_id: &str, records: Vec<Record>) {
         n
     });
     let batch = format!("{:x}-{n}", ISOLATE.with(|i| *i));
-    let _ = Aggregator::new(env, shards)
-        .record(request_id, batch, records, 2)
-        .await;
+    let client = Aggregator::new(env, shards);
+    if spend.is_empty() {
+        let _ = client.record(request_id, batch, records, 2).await;
+    } else {
+        // `ingest` makes the second try itself (as `Record` when `Ingest` failed).
+        let _ = client.ingest(request_id, batch, records, spend).await;
+    }
+}
+
+/// Whether the batch is full (records and spend records together).
+fn batch_full() -> bool {
+    BATCH.with(|b| b.borrow().len()) + SPEND.with(|s| s.borrow().len()) >= MAX_BATCH
+}
+
+fn schedule(ctx: &dyn Defer, env: &Env, shards: u32, request_id: &str) {
+    let (env, id) = (env.clone(), request_id.to_string());
+    schedule_flush(
+        ctx,
+        &SCHEDULED,
+        batch_full(),
+        FLUSH_DELAY_MS,
+        move || async move {
+            let records = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
+            let spend = SPEND.with(|s| std::mem::take(&mut *s.borrow_mut()));
+            send(&env, shards, &id, records, spend).await;
+        },
+    );
 }
 
 /// A task run off the response path.
@@ -121,16 +155,14 @@ pub fn schedule_flush<F>(
 
 /// Queues a record; a batch goes to one shard when full or [`FLUSH_DELAY_MS`] after it began.
 pub fn emit(ctx: &dyn Defer, env: &Env, shards: u32, request_id: &str, record: Record) {
-    let full = BATCH.with(|b| {
-        let mut b = b.borrow_mut();
-        b.push(record);
-        b.len() >= MAX_BATCH
-    });
-    let (env, id) = (env.clone(), request_id.to_string());
-    schedule_flush(ctx, &SCHEDULED, full, FLUSH_DELAY_MS, move || async move {
-        let records = BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        send(&env, shards, &id, records).await;
-    });
+    BATCH.with(|b| b.borrow_mut().push(record));
+    schedule(ctx, env, shards, request_id);
+}
+
+/// Queues a settled AI request's spend record in the same batch as the records.
+pub fn emit_spend(ctx: &dyn Defer, env: &Env, shards: u32, request_id: &str, spend: SpendRecord) {
+    SPEND.with(|s| s.borrow_mut().push(spend));
+    schedule(ctx, env, shards, request_id);
 }
 
 /// How long a worker isolate reuses the list of proxy targets before asking the index again

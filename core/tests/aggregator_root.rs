@@ -13,8 +13,11 @@ use gateway_core::observe::alerts::{Engine, Outbox, Phase, Status};
 use gateway_core::observe::ingest::{self, Counter, Counters, Ingest, BATCH_MEMORY_MS};
 use gateway_core::observe::root::{self, delivery_deadline, Root, Run, Table, DAY_MS};
 use gateway_core::observe::series::{Lifetime, Period};
+use gateway_core::observe::spend::{Spend, SpendRecord};
 use gateway_core::observe::{Agg, CacheOutcome, Record};
-use gateway_core::protocol::aggregator::{Request, Response as Reply, RunReport, Summary, Windows};
+use gateway_core::protocol::aggregator::{
+    Collected, Request, Response as Reply, RunReport, SpendSummary, Summary, Windows,
+};
 use gateway_core::UnixMillis;
 
 const FINE: i64 = 60_000;
@@ -70,6 +73,7 @@ fn batch(at: i64, n: usize, errors: usize) -> Vec<Record> {
 #[derive(Default)]
 struct ShardDisk {
     windows: BTreeMap<UnixMillis, Agg>,
+    spend: BTreeMap<UnixMillis, Spend>,
     sealed_before: UnixMillis,
     batches: BTreeMap<String, UnixMillis>,
     counters: Counters,
@@ -82,6 +86,9 @@ impl ShardDisk {
                 ingest::Write::Window { at, agg } => {
                     self.windows.insert(at, agg);
                 }
+                ingest::Write::SpendWindow { at, spend } => {
+                    self.spend.insert(at, spend);
+                }
                 ingest::Write::SealedBefore(t) => self.sealed_before = t,
                 ingest::Write::Batch { id, at } => {
                     assert!(self.batches.insert(id, at).is_none(), "batch stored twice");
@@ -91,7 +98,10 @@ impl ShardDisk {
                     Counter::Late => self.counters.late += d,
                     Counter::DuplicateBatches => self.counters.duplicate_batches += d,
                 },
-                ingest::Write::PruneWindows(t) => self.windows = self.windows.split_off(&t),
+                ingest::Write::PruneWindows(t) => {
+                    self.windows = self.windows.split_off(&t);
+                    self.spend = self.spend.split_off(&t);
+                }
                 ingest::Write::PruneBatches(t) => self.batches.retain(|_, at| *at >= t),
             }
         }
@@ -104,6 +114,7 @@ impl ShardDisk {
             ingest::Stored {
                 sealed_before: self.sealed_before,
                 windows: self.windows.iter().map(|(t, a)| (*t, enc(a))).collect(),
+                spend_windows: self.spend.iter().map(|(t, s)| (*t, enc(s))).collect(),
                 counters: self.counters,
             },
         )
@@ -143,6 +154,13 @@ impl ShardObj {
             other => panic!("{other:?}"),
         }
     }
+
+    fn collect_all(&mut self, since: UnixMillis, now: i64) -> Collected {
+        match self.call(Request::CollectAll { since }, now).unwrap() {
+            Reply::Collected(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 // ---- a simulated root object ----
@@ -151,6 +169,8 @@ impl ShardObj {
 struct RootDisk {
     fine: BTreeMap<UnixMillis, Agg>,
     hours: BTreeMap<UnixMillis, Agg>,
+    spend_fine: BTreeMap<UnixMillis, Spend>,
+    spend_hours: BTreeMap<UnixMillis, Spend>,
     cursors: BTreeMap<u32, UnixMillis>,
     lifetime: Option<Lifetime>,
     engine: Option<Engine>,
@@ -170,6 +190,12 @@ impl RootDisk {
                         Table::Hour => self.hours.insert(at, agg),
                     };
                 }
+                root::Write::Spend { table, at, spend } => {
+                    match table {
+                        Table::Fine => self.spend_fine.insert(at, spend),
+                        Table::Hour => self.spend_hours.insert(at, spend),
+                    };
+                }
                 root::Write::Cursor {
                     shard,
                     sealed_before,
@@ -183,6 +209,8 @@ impl RootDisk {
                 } => {
                     self.fine = self.fine.split_off(&fine_before);
                     self.hours = self.hours.split_off(&hour_before);
+                    self.spend_fine = self.spend_fine.split_off(&fine_before);
+                    self.spend_hours = self.spend_hours.split_off(&hour_before);
                 }
                 root::Write::Engine(e) => self.engine = Some(e),
                 root::Write::Outbox(o) => self.outbox = Some(o),
@@ -197,10 +225,13 @@ impl RootDisk {
 
     fn load(&self) -> Root {
         let rows = |m: &BTreeMap<UnixMillis, Agg>| m.iter().map(|(t, a)| (*t, enc(a))).collect();
+        let spend = |m: &BTreeMap<UnixMillis, Spend>| m.iter().map(|(t, a)| (*t, enc(a))).collect();
         Root::load(
             root::Stored {
                 fine: rows(&self.fine),
                 hours: rows(&self.hours),
+                spend_fine: spend(&self.spend_fine),
+                spend_hours: spend(&self.spend_hours),
                 cursors: self.cursors.iter().map(|(s, c)| (*s, *c)).collect(),
                 lifetime: self.lifetime.as_ref().map(enc),
                 engine: self.engine.as_ref().map(enc),
@@ -230,17 +261,33 @@ impl RootObj {
         self.mem = self.disk.load();
     }
 
-    /// One run, as the adapter does it, without webhook delivery.
+    /// One run, as the adapter does it (`CollectAll`), without webhook delivery.
     fn run(&mut self, shards: &mut [ShardObj], now: i64, cfg: &Config) -> RunReport {
+        self.run_with(shards, now, cfg, &[])
+    }
+
+    /// One run in which the shards in `refusing` refuse `CollectAll` (an older version).
+    fn run_with(
+        &mut self,
+        shards: &mut [ShardObj],
+        now: i64,
+        cfg: &Config,
+        refusing: &[u32],
+    ) -> RunReport {
         let plan = self.mem.collect_plan(shards.len() as u32);
-        let answers: Vec<Windows> = plan
+        let answers: Vec<Option<Collected>> = plan
             .iter()
-            .map(|(i, since)| shards[*i as usize].collect(*since, now))
+            .map(|(i, since)| {
+                (!refusing.contains(i)).then(|| shards[*i as usize].collect_all(*since, now))
+            })
             .collect();
         let mut run = Run::default();
         let mut writes = Vec::new();
-        for ((i, _), w) in plan.iter().zip(answers) {
-            writes.extend(self.mem.merge(&mut run, *i, w));
+        for ((i, _), c) in plan.iter().zip(answers) {
+            match c {
+                Some(c) => writes.extend(self.mem.merge_collected(&mut run, *i, c)),
+                None => run.shard_failed(),
+            }
         }
         writes.extend(self.mem.finish_run(&mut run, UnixMillis(now), cfg));
         writes.extend(self.mem.daily(UnixMillis(now), &cfg.platform_prices));
@@ -702,4 +749,262 @@ fn roles_and_wake_flags_match_the_protocol() {
         writes,
         vec![ingest::Write::Count(Counter::DuplicateBatches, 1)]
     );
+}
+
+// ---- spend per key and per model ----
+
+fn spend_rec(at: i64, key: &str, model: &str, cost: u64) -> SpendRecord {
+    SpendRecord {
+        at: UnixMillis(at),
+        key: key.into(),
+        model: model.into(),
+        input_tokens: 3,
+        output_tokens: 16,
+        cost_micro_usd: cost,
+        budget_day_micro_usd: Some(1_000),
+        budget_month_micro_usd: Some(20_000),
+    }
+}
+
+impl ShardObj {
+    fn ingest(
+        &mut self,
+        id: &str,
+        records: Vec<Record>,
+        spend: Vec<SpendRecord>,
+        now: i64,
+    ) -> Reply {
+        let msg = Request::Ingest {
+            batch: id.into(),
+            records,
+            spend,
+        };
+        self.call(msg, now).unwrap()
+    }
+}
+
+impl RootObj {
+    /// `/metrics`' view: the root's summary and spend, plus every shard's live spend after
+    /// its cursor.
+    fn spend_view(
+        &self,
+        shards: &mut [ShardObj],
+        period: Period,
+        now: i64,
+        cfg: &Config,
+    ) -> SpendSummary {
+        let mut s = match self.view(Request::SpendSummary { period }, now, cfg) {
+            Reply::SpendSummary(s) => *s,
+            other => panic!("{other:?}"),
+        };
+        let mut live = Vec::new();
+        for (i, since) in s.summary.cursors.clone() {
+            let c = shards[i as usize].collect_all(since, now);
+            live.extend(c.spend_sealed);
+            live.extend(c.spend_open);
+        }
+        // Shards the root never merged are read from 0.
+        for (i, sh) in shards.iter_mut().enumerate() {
+            if !s.summary.cursors.iter().any(|(c, _)| *c == i as u32) {
+                let c = sh.collect_all(UnixMillis(0), now);
+                live.extend(c.spend_sealed);
+                live.extend(c.spend_open);
+            }
+        }
+        s.add_live(period, UnixMillis(now), FINE, &live);
+        s
+    }
+}
+
+#[test]
+fn spend_per_key_is_the_sum_of_record_costs_across_two_shards_and_retried_runs() {
+    let cfg = config(&[]);
+    let mut shards = [ShardObj::new(), ShardObj::new()];
+    let t = DAY0 + 2 * HOUR;
+    let a = |at, c| spend_rec(at, "key_a", "gpt-4o", c);
+    let b = |at, c| spend_rec(at, "key_b", "mini", c);
+    let r = shards[0].ingest(
+        "s0",
+        batch(t, 3, 0),
+        vec![a(t, 116), a(t + 5, 116), b(t, 7)],
+        t + 10,
+    );
+    assert!(
+        matches!(
+            r,
+            Reply::Ingested {
+                accepted: 3,
+                duplicate: false,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // The retried delivery of the same batch counts nothing.
+    let dup = shards[0].ingest("s0", batch(t, 3, 0), vec![a(t, 116)], t + 20);
+    assert!(
+        matches!(
+            dup,
+            Reply::Ingested {
+                duplicate: true,
+                ..
+            }
+        ),
+        "{dup:?}"
+    );
+    shards[1].ingest(
+        "s1",
+        vec![],
+        vec![a(t + MIN, 116), a(t + MIN + 1, 116)],
+        t + MIN + 10,
+    );
+    // A bad spend record refuses the whole batch.
+    let bad = Request::Ingest {
+        batch: "s2".into(),
+        records: batch(t, 1, 0),
+        spend: vec![spend_rec(t, "", "m", 1)],
+    };
+    assert!(shards[1].call(bad, t + MIN + 20).is_err());
+
+    let mut root = RootObj::new();
+    let now = t + 3 * MIN;
+    // Shard 1 is of an older version and refuses `CollectAll`: nothing of it is merged and its
+    // cursor does not move.
+    let first = root.run_with(&mut shards, now, &cfg, &[1]);
+    assert_eq!((first.shards_ok, first.shards_failed), (1, 1));
+    assert_eq!(root.mem.series().cursor(1), UnixMillis(0));
+    let v = root.spend_view(&mut shards, Period::Hour, now, &cfg);
+    assert_eq!(
+        v.spend.keys["key_a"].usage.cost_micro_usd,
+        4 * 116,
+        "merged + live"
+    );
+    // Updated, it is merged on the next run; runs repeated at the same instant (an alarm retry,
+    // an admin run racing it) and a restart merge nothing twice.
+    root.run(&mut shards, now, &cfg);
+    root.run(&mut shards, now, &cfg);
+    root.restart();
+    root.run(&mut shards, now + 1, &cfg);
+    let merged = root.mem.spend().total(Period::Hour, UnixMillis(now), FINE);
+    let ka = merged.keys["key_a"];
+    assert_eq!((ka.usage.requests, ka.usage.cost_micro_usd), (4, 4 * 116));
+    assert_eq!((ka.usage.input_tokens, ka.usage.output_tokens), (12, 64));
+    assert_eq!(ka.budget.day_micro_usd, Some(1_000));
+    assert_eq!(merged.keys["key_b"].usage.cost_micro_usd, 7);
+    assert_eq!(merged.models["gpt-4o"].requests, 4);
+    assert_eq!(merged.models["mini"].cost_micro_usd, 7);
+    assert_eq!(
+        root.disk.spend_hours[&UnixMillis(DAY0 + 2 * HOUR)]
+            .total()
+            .cost_micro_usd,
+        4 * 116 + 7
+    );
+    // A record arriving now is live in its shard: the view counts it once, before and after
+    // the run that merges it.
+    shards[0].ingest("s3", vec![], vec![b(now, 50)], now + 1);
+    let before = root.spend_view(&mut shards, Period::Hour, now + 2, &cfg);
+    assert_eq!(before.spend.keys["key_b"].usage.cost_micro_usd, 57);
+    assert_eq!(before.today.keys["key_b"].usage.cost_micro_usd, 57);
+    root.run(&mut shards, now + 2 * MIN, &cfg);
+    let after = root.spend_view(&mut shards, Period::Hour, now + 2 * MIN, &cfg);
+    assert_eq!(after.spend.keys["key_b"].usage.cost_micro_usd, 57);
+    assert_eq!(after.spend.total().cost_micro_usd, 4 * 116 + 57);
+    // Retention: a day later the fine spend buckets are gone, the hour ones remain (7 days).
+    root.run(&mut shards, now + DAY_MS + HOUR, &cfg);
+    assert!(root.disk.spend_fine.is_empty());
+    assert_eq!(root.disk.spend_hours.len(), 1);
+    // The daily report lists the day's spend by key and by model.
+    let report: serde_json::Value =
+        serde_json::from_str(root.disk.report.as_ref().unwrap()).unwrap();
+    assert_eq!(report["spend"]["keys"][0]["key"], "key_a");
+    assert_eq!(report["spend"]["keys"][0]["cost_micro_usd"], 4 * 116);
+    assert_eq!(report["spend"]["models"][1]["model"], "mini");
+}
+
+#[test]
+fn a_budget_rule_fires_per_key_over_todays_spend_and_resolves_the_next_day() {
+    let rules = r#"[{"name":"budget","severity":"warning","metric":"key_budget_used_pct",
+        "op":"above","threshold":80,"for_ms":60000,"keep_firing_ms":0,"min_requests":1}]"#;
+    let cfg = config(&[("ALERT_RULES", rules)]);
+    let mut shards = [ShardObj::new()];
+    let mut root = RootObj::new();
+    let t = DAY0 + 5 * HOUR;
+    // key_a: 900 of 1000 (90 %), key_b: 100 of 1000.
+    let spend = vec![
+        spend_rec(t, "key_a", "m", 900),
+        spend_rec(t, "key_b", "m", 100),
+    ];
+    shards[0].ingest("b", vec![], spend, t + 1);
+    // Still in the open window: the rule sees it through the shard's open spend.
+    root.run(&mut shards, t + 2, &cfg);
+    let states = &root.mem.engine().states;
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(
+        matches!(states[0].phase, Phase::Pending { .. }),
+        "{states:?}"
+    );
+    assert_eq!(
+        (states[0].rule.as_str(), states[0].value),
+        ("budget:key_a", Some(90.0))
+    );
+    assert_eq!(states[1].phase, Phase::Inactive);
+    root.run(&mut shards, t + 2 * MIN, &cfg);
+    let fired: Vec<_> = root
+        .mem
+        .engine()
+        .history
+        .iter()
+        .map(|n| (n.rule.clone(), n.status))
+        .collect();
+    assert_eq!(fired, vec![("budget:key_a".to_string(), Status::Firing)]);
+    let s = root.summary(Period::Hour, t + 2 * MIN, &cfg);
+    assert!(
+        s.issues[0]
+            .message
+            .starts_with("alert budget:key_a: key_budget_used_pct > 80"),
+        "{:?}",
+        s.issues
+    );
+    match root.view(Request::Alerts, t + 2 * MIN, &cfg) {
+        Reply::Alerts(v) => assert!(v.rules.iter().any(|r| r.name == "budget:key_a")),
+        other => panic!("{other:?}"),
+    }
+    // The next UTC day starts with no spend: the alert resolves.
+    root.run(&mut shards, DAY0 + DAY_MS + MIN, &cfg);
+    let last = root.mem.engine().history.back().unwrap();
+    assert_eq!(
+        (last.rule.as_str(), last.status),
+        ("budget:key_a", Status::Resolved)
+    );
+}
+
+#[test]
+fn the_same_collected_answer_applied_twice_merges_its_spend_once() {
+    let mut shard = ShardObj::new();
+    let t = DAY0 + HOUR;
+    shard.ingest(
+        "x",
+        batch(t, 2, 0),
+        vec![spend_rec(t, "key_a", "m", 116)],
+        t + 1,
+    );
+    let c = shard.collect_all(UnixMillis(0), t + MIN + 10_000);
+    assert_eq!(c.spend_sealed.len(), 1);
+    let mut root = RootObj::new();
+    let mut run = Run::default();
+    let first = root.mem.merge_collected(&mut run, 0, c.clone());
+    let spend_writes = |w: &[root::Write]| {
+        w.iter()
+            .filter(|w| matches!(w, root::Write::Spend { .. }))
+            .count()
+    };
+    assert_eq!(
+        spend_writes(&first),
+        2,
+        "fine and hour spend bucket: {first:?}"
+    );
+    let again = root.mem.merge_collected(&mut run, 0, c);
+    assert!(again.is_empty(), "{again:?}");
+    let total = root.mem.spend().since(UnixMillis(0)).total();
+    assert_eq!((total.requests, total.cost_micro_usd), (1, 116));
 }

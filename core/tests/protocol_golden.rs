@@ -38,6 +38,7 @@ use gateway_core::observe::alerts::{
 };
 use gateway_core::observe::export::Issue;
 use gateway_core::observe::series::{Lifetime, Period};
+use gateway_core::observe::spend::{Spend, SpendRecord};
 use gateway_core::observe::{Agg, CacheOutcome, ProviderAgg, Record, TopEntry, TopKeys};
 use gateway_core::protocol::{
     self, aggregator, cache, experiment, providers, ratelimit, ObjectStats, Reply, WireError,
@@ -255,6 +256,26 @@ fn sample_record() -> Record {
     }
 }
 
+fn spend_record() -> SpendRecord {
+    SpendRecord {
+        at: at(1_700_000_000_123),
+        key: KEY_ID.into(),
+        model: "gpt-4o".into(),
+        input_tokens: 12,
+        output_tokens: 16,
+        cost_micro_usd: 116,
+        budget_day_micro_usd: Some(5_000_000),
+        budget_month_micro_usd: None,
+    }
+}
+
+fn spend() -> Spend {
+    let mut s = Spend::default();
+    s.record(&spend_record());
+    s.other_keys.requests = 1;
+    s
+}
+
 fn rule() -> Rule {
     Rule {
         name: "high-miss-rate".into(),
@@ -419,7 +440,18 @@ fn sample_decision() -> Decision {
 
 impl Variants for aggregator::Request {
     const ALL: &'static [&'static str] = &[
-        "Record", "Collect", "Stats", "Run", "Wake", "Summary", "Points", "Alerts", "Report",
+        "Record",
+        "Collect",
+        "Stats",
+        "Run",
+        "Wake",
+        "Summary",
+        "Points",
+        "Alerts",
+        "Report",
+        "Ingest",
+        "CollectAll",
+        "SpendSummary",
     ];
     fn variant(&self) -> &'static str {
         use aggregator::Request::*;
@@ -433,13 +465,26 @@ impl Variants for aggregator::Request {
             Points { .. } => "Points",
             Alerts => "Alerts",
             Report => "Report",
+            Ingest { .. } => "Ingest",
+            CollectAll { .. } => "CollectAll",
+            SpendSummary { .. } => "SpendSummary",
         }
     }
 }
 
 impl Variants for aggregator::Response {
     const ALL: &'static [&'static str] = &[
-        "Ingested", "Windows", "Stats", "Ran", "Awake", "Summary", "Points", "Alerts", "Report",
+        "Ingested",
+        "Windows",
+        "Stats",
+        "Ran",
+        "Awake",
+        "Summary",
+        "Points",
+        "Alerts",
+        "Report",
+        "Collected",
+        "SpendSummary",
     ];
     fn variant(&self) -> &'static str {
         use aggregator::Response::*;
@@ -453,6 +498,8 @@ impl Variants for aggregator::Response {
             Points { .. } => "Points",
             Alerts(_) => "Alerts",
             Report(_) => "Report",
+            Collected(_) => "Collected",
+            SpendSummary(_) => "SpendSummary",
         }
     }
 }
@@ -748,6 +795,13 @@ pub mod mixed_version_rollout_breaks_if_these_bytes_change {
         points: aggregator::Request::Points { period: Period::Week } => "010602",
         alerts: aggregator::Request::Alerts => "0107",
         report: aggregator::Request::Report => "0108",
+        ingest: aggregator::Request::Ingest {
+            batch: "b-2".into(),
+            records: vec![sample_record()],
+            spend: vec![spend_record()],
+        } => "010903622d3201f6a1abfef962c8012a00000107636861742f763101066f70656e61692800fa0101f6a1abfef962146b65795f30313233343536373839616263646566066770742d346f0c107401c096b10200",
+        collect_all: aggregator::Request::CollectAll { since: at(1_700_000_000_000) } => "010a80a0abfef962",
+        spend_summary: aggregator::Request::SpendSummary { period: Period::Day } => "010b01",
     }}
 
     goldens! { aggregator_response: aggregator::Response => Reply<aggregator::Response> = Ok; {
@@ -830,6 +884,27 @@ pub mod mixed_version_rollout_breaks_if_these_bytes_change {
             dropped: 1,
         })) => "010007010e686967682d6d6973732d72617465000000000000000000e03fc0a90780d30ec0cf2414030161000001620180a0abfef96201000000000000e83f01630280a0abfef962c0c9b2fef9620180f3b9fef96201000000000000c03f010e686967682d6d6973732d72617465010201000000000000d03f000000000000e03f80a0abfef9620180bff4fef96280bff4fef9620101010501",
         report: aggregator::Response::Report("{\"day\":\"2023-11-14\"}".into()) => "010008147b22646179223a22323032332d31312d3134227d",
+        collected: aggregator::Response::Collected(aggregator::Collected {
+            windows: aggregator::Windows {
+                sealed: vec![(at(1_700_000_000_000), agg())],
+                open: vec![],
+                sealed_before: at(1_700_000_060_000),
+            },
+            spend_sealed: vec![(at(1_700_000_000_000), spend())],
+            spend_open: vec![(at(1_700_000_060_000), Spend::default())],
+        }) => "0100090180a0abfef9620a0401030506010201d902780201018c01030206dc0b01066f70656e616905010201018c01030206dc0b0107636861742f763107010300c0c9b2fef9620180a0abfef96201146b65795f30313233343536373839616263646566010c1074f6a1abfef96201c096b102000100000001066770742d346f010c10740000000001c0c9b2fef96200000000000000000000",
+        spend_summary: aggregator::Response::SpendSummary(Box::new(aggregator::SpendSummary {
+            summary: aggregator::Summary {
+                now: at(1_700_000_123_000),
+                agg: Agg::default(),
+                lifetime: Lifetime::default(),
+                cursors: vec![(1, at(1_700_000_000_000))],
+                earliest: None,
+                issues: vec![],
+            },
+            spend: spend(),
+            today: Spend::default(),
+        })) => "01000af0a1bafef9620000000000000000000000000000000000000000000000000000010180a0abfef962000001146b65795f30313233343536373839616263646566010c1074f6a1abfef96201c096b102000100000001066770742d346f010c10740000000000000000000000000000",
     }}
 
     goldens! { cache_request: cache::Request => cache::Request = |v| v; {
@@ -1011,9 +1086,27 @@ pub mod mixed_version_rollout_breaks_if_these_bytes_change {
             name: Some("search".into()),
             limits: vec![token_limit()],
             groups: vec!["openai".into()],
-        }))) => "010007000701067365617263680106746f6b656e73904e3ce44b1e01066f70656e6169",
+            budget_day_micro_usd: Some(5_000_000),
+            budget_month_micro_usd: None,
+        }))) => "010007000701067365617263680106746f6b656e73904e3ce44b1e01066f70656e616901c096b10200",
         key_settled: ratelimit::Response::KeySettled { settled: true } => "01000801",
     }}
+
+    #[test]
+    fn an_admission_in_the_first_layout_still_decodes_without_budgets() {
+        // Bytes of an object that predates the budgets in `Admitted`.
+        let old = unhex("010007000701067365617263680106746f6b656e73904e3ce44b1e01066f70656e6169");
+        let r: Reply<ratelimit::Response> = protocol::decode(&old).expect(ROLLOUT);
+        let Ok(ratelimit::Response::Admission(a)) = r else {
+            panic!("{r:?}")
+        };
+        let a = (*a).expect("an admission");
+        assert_eq!((a.reservation, a.groups.len()), (7, 1));
+        assert_eq!(
+            (a.budget_day_micro_usd, a.budget_month_micro_usd),
+            (None, None)
+        );
+    }
 
     #[test]
     fn a_refused_admission() {

@@ -1,5 +1,5 @@
 //! The root side of `AggregatorDO`: loads [`Root`] from its rows and persists what it returns.
-//! A run collects every shard concurrently, then feeds all answers to the machine and persists
+//! A run collects every shard concurrently (`CollectAll`: windows and spend windows), then feeds all answers to the machine and persists
 //! the merges, retention, alert state and outbox in one synchronous block (a retried or
 //! concurrent run merges nothing twice: the cursors travel with the buckets). Webhooks are
 //! POSTed one by one within `3 × timeout`; each outcome is fed back and persisted before the
@@ -39,6 +39,8 @@ fn load(db: &Db, fine_ms: u64) -> Result<Root, GatewayError> {
     let stored = Stored {
         fine: buckets("fine")?,
         hours: buckets("hours")?,
+        spend_fine: buckets("spend_fine")?,
+        spend_hours: buckets("spend_hours")?,
         cursors,
         lifetime: blob("lifetime")?,
         engine: blob("engine")?,
@@ -76,6 +78,19 @@ fn persist(db: &Db, writes: &[Write]) -> Result<(), GatewayError> {
                     vec![at.0.into(), encode_blob(agg)?],
                 )?;
             }
+            Write::Spend { table, at, spend } => {
+                let table = match table {
+                    Table::Fine => "spend_fine",
+                    Table::Hour => "spend_hours",
+                };
+                db.exec(
+                    &format!(
+                        "INSERT INTO {table} (bucket, agg) VALUES (?, ?) \
+                         ON CONFLICT (bucket) DO UPDATE SET agg = excluded.agg"
+                    ),
+                    vec![at.0.into(), encode_blob(spend)?],
+                )?;
+            }
             Write::Cursor {
                 shard,
                 sealed_before,
@@ -89,14 +104,17 @@ fn persist(db: &Db, writes: &[Write]) -> Result<(), GatewayError> {
                 fine_before,
                 hour_before,
             } => {
-                db.exec(
-                    "DELETE FROM fine WHERE bucket < ?",
-                    vec![fine_before.0.into()],
-                )?;
-                db.exec(
-                    "DELETE FROM hours WHERE bucket < ?",
-                    vec![hour_before.0.into()],
-                )?;
+                for (table, before) in [
+                    ("fine", fine_before),
+                    ("hours", hour_before),
+                    ("spend_fine", fine_before),
+                    ("spend_hours", hour_before),
+                ] {
+                    db.exec(
+                        &format!("DELETE FROM {table} WHERE bucket < ?"),
+                        vec![before.0.into()],
+                    )?;
+                }
             }
             Write::Engine(e) => blob_put(db, "engine", e)?,
             Write::Outbox(o) => blob_put(db, "outbox", o)?,
@@ -141,14 +159,15 @@ impl AggregatorDO {
         let cfg = self.base.cfg()?;
         let plan = self.root(db)?.collect_plan(cfg.aggregator_shards);
         let shards = Aggregator::of(&self.base.env, &cfg);
-        let answers = join_all(plan.iter().map(|(i, since)| shards.collect(*i, *since))).await;
+        let answers = join_all(plan.iter().map(|(i, since)| shards.collect_all(*i, *since))).await;
         let mut run = Run::default();
         self.step(db, |root| {
             let mut writes = Vec::new();
             for ((shard, _), answer) in plan.iter().zip(answers) {
                 match answer {
-                    Ok(w) => writes.extend(root.merge(&mut run, *shard, w)),
-                    // Collected from the same cursor next run: nothing is lost.
+                    Ok(c) => writes.extend(root.merge_collected(&mut run, *shard, c)),
+                    // Collected from the same cursor next run: nothing is lost (a shard of an
+                    // older version refuses `CollectAll` until it is updated).
                     Err(_) => run.shard_failed(),
                 }
             }

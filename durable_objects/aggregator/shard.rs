@@ -16,15 +16,18 @@ use crate::durable_objects::{encode_blob, Db};
 
 /// Reads every row the shard is built from.
 fn load(db: &Db, fine_ms: u64, grace_ms: u64) -> Result<Ingest, GatewayError> {
-    let windows = db
-        .all::<(i64, Vec<u8>)>("SELECT bucket, agg FROM windows", vec![])?
-        .into_iter()
-        .map(|(at, agg)| (UnixMillis(at), agg))
-        .collect();
+    let rows = |table: &str| -> Result<Vec<(UnixMillis, Vec<u8>)>, GatewayError> {
+        let rows = db.all::<(i64, Vec<u8>)>(&format!("SELECT bucket, agg FROM {table}"), vec![])?;
+        Ok(rows
+            .into_iter()
+            .map(|(at, agg)| (UnixMillis(at), agg))
+            .collect())
+    };
     let count = |key| db.meta_as::<u64>(key).map(Option::unwrap_or_default);
     let stored = Stored {
         sealed_before: UnixMillis(db.meta_as::<i64>("sealed_before")?.unwrap_or(0)),
-        windows,
+        windows: rows("windows")?,
+        spend_windows: rows("spend_windows")?,
         counters: Counters {
             records: count("records")?,
             late: count("late")?,
@@ -44,6 +47,11 @@ fn persist(db: &Db, writes: &[Write]) -> Result<(), GatewayError> {
                  ON CONFLICT (bucket) DO UPDATE SET agg = excluded.agg",
                 vec![at.0.into(), encode_blob(agg)?],
             )?,
+            Write::SpendWindow { at, spend } => db.exec(
+                "INSERT INTO spend_windows (bucket, agg) VALUES (?, ?) \
+                 ON CONFLICT (bucket) DO UPDATE SET agg = excluded.agg",
+                vec![at.0.into(), encode_blob(spend)?],
+            )?,
             Write::SealedBefore(at) => db.set_meta("sealed_before", at.0)?,
             Write::Batch { id, at } => db.exec(
                 "INSERT INTO batches (id, at) VALUES (?, ?)",
@@ -57,10 +65,14 @@ fn persist(db: &Db, writes: &[Write]) -> Result<(), GatewayError> {
                 };
                 db.add_meta(key, i64::try_from(*delta).unwrap_or(i64::MAX))?;
             }
-            Write::PruneWindows(before) => db.exec(
-                "DELETE FROM windows WHERE bucket < ?",
-                vec![before.0.into()],
-            )?,
+            Write::PruneWindows(before) => {
+                for table in ["windows", "spend_windows"] {
+                    db.exec(
+                        &format!("DELETE FROM {table} WHERE bucket < ?"),
+                        vec![before.0.into()],
+                    )?;
+                }
+            }
             Write::PruneBatches(before) => {
                 db.exec("DELETE FROM batches WHERE at < ?", vec![before.0.into()])?
             }
@@ -78,7 +90,7 @@ impl AggregatorDO {
         })
     }
 
-    /// `Record`, `Collect` or a shard's `Stats`: read the batch-seen flag → one core call →
+    /// `Record`, `Ingest`, `Collect`, `CollectAll` or a shard's `Stats`: read the batch-seen flag → one core call →
     /// persist. Returns the reply and whether the alarm must be armed.
     pub(super) fn shard_request(
         &self,

@@ -4,9 +4,11 @@
 use futures::future::join_all;
 use gateway_core::config::Config;
 use gateway_core::observe::series::Period;
+use gateway_core::observe::spend::{Spend, SpendRecord};
 use gateway_core::observe::{Agg, Record};
 use gateway_core::protocol::aggregator::{
-    AlertsView, Request, Response, RunReport, Stats, Summary, Windows, ROOT,
+    AlertsView, Collected, Request, Response, RunReport, SpendSummary, Stats, Summary, Windows,
+    ROOT,
 };
 use gateway_core::shard::shard_name;
 use gateway_core::UnixMillis;
@@ -31,6 +33,15 @@ pub struct Points {
     pub points: Vec<(UnixMillis, Agg)>,
     /// Per-shard cursors.
     pub cursors: Vec<(u32, UnixMillis)>,
+}
+
+/// The shards' windows and spend windows the root has not merged.
+#[derive(Default)]
+pub struct Live {
+    /// Metric windows.
+    pub windows: Vec<(UnixMillis, Agg)>,
+    /// Spend windows.
+    pub spend: Vec<(UnixMillis, Spend)>,
 }
 
 /// The metric shards and their root.
@@ -74,6 +85,88 @@ impl<'a> Aggregator<'a> {
             }
         }
         last
+    }
+
+    /// Records a batch with spend records (`Ingest`) in the shard `spread_by` hashes to; when
+    /// that fails (a shard of an older version does not know `Ingest`), the records alone go
+    /// as `Record` under the same batch id, so a delivery that did arrive is not counted twice.
+    pub async fn ingest(
+        &self,
+        spread_by: &str,
+        batch: String,
+        records: Vec<Record>,
+        spend: Vec<SpendRecord>,
+    ) -> AppResult<Ingested> {
+        let object = shard_name("aggregator", spread_by, self.shards);
+        let msg = Request::Ingest {
+            batch: batch.clone(),
+            records: records.clone(),
+            spend,
+        };
+        let first: AppResult<Ingested> = async {
+            reply!(self.ns, &object, &msg,
+                Response::Ingested { accepted, late, .. } => Ingested { accepted, late })
+        }
+        .await;
+        if first.is_ok() || records.is_empty() {
+            return first;
+        }
+        self.record(spread_by, batch, records, 1).await
+    }
+
+    /// Shard `shard`'s windows and spend windows at or after `since` (`CollectAll`).
+    pub async fn collect_all(&self, shard: u32, since: UnixMillis) -> AppResult<Collected> {
+        let name = format!("aggregator:{shard}");
+        reply!(self.ns, &name, &Request::CollectAll { since }, Response::Collected(c) => c)
+    }
+
+    /// Every shard's windows and spend windows at or after the root's cursor for it, fetched
+    /// concurrently; a shard that refuses `CollectAll` (an older version) is read with
+    /// `Collect` and contributes no spend.
+    pub async fn live_all(&self, cursors: &[(u32, UnixMillis)]) -> AppResult<Live> {
+        let calls = (0..self.shards).map(|i| {
+            let since = cursors
+                .iter()
+                .find(|(s, _)| *s == i)
+                .map_or(UnixMillis(0), |(_, c)| *c);
+            async move {
+                match self.collect_all(i, since).await {
+                    Ok(c) => Ok(c),
+                    Err(_) => self.collect(i, since).await.map(|windows| Collected {
+                        windows,
+                        spend_sealed: vec![],
+                        spend_open: vec![],
+                    }),
+                }
+            }
+        });
+        let mut out = Live::default();
+        for r in join_all(calls).await {
+            let c = r?;
+            out.windows.extend(c.windows.sealed);
+            out.windows.extend(c.windows.open);
+            out.spend.extend(c.spend_sealed);
+            out.spend.extend(c.spend_open);
+        }
+        Ok(out)
+    }
+
+    /// The root's summary and spend for `period` under one set of cursors; from a root of an
+    /// older version (no `SpendSummary`), its summary with no spend.
+    pub async fn spend_summary(&self, period: Period) -> AppResult<SpendSummary> {
+        let r: AppResult<SpendSummary> = async {
+            reply!(self.ns, ROOT, &Request::SpendSummary { period },
+                Response::SpendSummary(s) => *s)
+        }
+        .await;
+        match r {
+            Ok(s) => Ok(s),
+            Err(_) => Ok(SpendSummary {
+                summary: self.summary(period).await?,
+                spend: Spend::default(),
+                today: Spend::default(),
+            }),
+        }
     }
 
     /// Shard `shard`'s windows at or after `since` (it seals what has ended first).

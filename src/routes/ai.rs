@@ -17,6 +17,7 @@
 use gateway_core::ai::{self, Endpoint, Target};
 use gateway_core::config::Config;
 use gateway_core::keys::{self, Admission, Limit};
+use gateway_core::observe::spend::SpendRecord;
 use gateway_core::observe::CacheOutcome;
 use gateway_core::proxy::{Plan, Settings, Step};
 use gateway_core::{GatewayError, UnixMillis};
@@ -27,6 +28,7 @@ use super::proxy::hops::{self, Books, Settled};
 use crate::clients::{Keys, Providers};
 use crate::error::{problem_with_extra, AppResult};
 use crate::http::{json, read_body};
+use crate::isolate::{emit_spend, Inline};
 use crate::upstream::{lower_headers, walk, Outgoing, Walked};
 
 fn elapsed_ms(start: UnixMillis) -> u32 {
@@ -64,21 +66,39 @@ impl From<worker::Error> for Failed {
     }
 }
 
-/// The key's settlement, run after the answer.
+/// The key's settlement, run after the answer, with the request's spend record.
 #[derive(Clone)]
 struct KeySettle {
     env: Env,
     shards: u32,
     id: String,
     reservation: u64,
+    /// Aggregator shards and request id (for the spend record's batch).
+    aggregator_shards: u32,
+    request_id: String,
+    /// The spend record, without its usage and cost.
+    spend: SpendRecord,
 }
 
 impl KeySettle {
     async fn run(self, s: Settled) {
         let keys = Keys::with_shards(&self.env, self.shards);
-        let _ = keys
-            .settle(&self.id, self.reservation, s.tokens, s.cost_micro_usd)
-            .await;
+        let spend = SpendRecord {
+            input_tokens: s.input_tokens,
+            output_tokens: s.output_tokens,
+            cost_micro_usd: s.cost_micro_usd,
+            ..self.spend
+        };
+        let inline = Inline::default();
+        emit_spend(
+            &inline,
+            &self.env,
+            self.aggregator_shards,
+            &self.request_id,
+            spend,
+        );
+        let settle = keys.settle(&self.id, self.reservation, s.tokens, s.cost_micro_usd);
+        let _ = futures::join!(settle, inline.run());
     }
 }
 
@@ -218,6 +238,18 @@ async fn serve(
         shards: cfg.rate_limit_shards,
         id: key_id.clone(),
         reservation: admitted.reservation,
+        aggregator_shards: cfg.aggregator_shards,
+        request_id: request_id.into(),
+        spend: SpendRecord {
+            at: started,
+            key: key_id.clone(),
+            model: parsed.model.clone(),
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_micro_usd: 0,
+            budget_day_micro_usd: admitted.budget_day_micro_usd,
+            budget_month_micro_usd: admitted.budget_month_micro_usd,
+        },
     };
     let headers = lower_headers(req.headers());
     let mut first_picks = Some(picks);
@@ -293,7 +325,12 @@ async fn serve(
                     // An error answer consumed no tokens; a success without usage keeps the
                     // estimate charged.
                     if !ok {
-                        s.tokens = Some(0);
+                        s = Settled {
+                            tokens: Some(0),
+                            input_tokens: 0,
+                            output_tokens: 0,
+                            ..s
+                        };
                     }
                     settle_key.run(s).await;
                 });
@@ -331,6 +368,7 @@ async fn serve(
     ctx.wait_until(settle_key.run(Settled {
         cost_micro_usd: spent.cost_micro_usd,
         tokens: Some(0),
+        ..Settled::default()
     }));
     Err(Failed {
         error: last.unwrap_or_else(|| GatewayError::Refused {

@@ -158,10 +158,14 @@ async fn provider_health(env: &Env, cfg: &Config, agg: &Agg) -> Vec<ProviderHeal
 pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Response> {
     let (period, format) = period_param(&req, "json")?;
     let aggregator = Aggregator::of(env, cfg);
-    let mut summary = aggregator.summary(period).await?;
-    let windows = aggregator.live(&summary.cursors).await?;
-    let t = now().max(summary.now);
-    let covered_ms = summary.add_live(period, t, cfg.rollup_bucket_ms as i64, &windows);
+    // Summary and spend under one set of cursors, then every shard's part after its cursor.
+    let mut all = aggregator.spend_summary(period).await?;
+    let live = aggregator.live_all(&all.summary.cursors).await?;
+    let t = now().max(all.summary.now);
+    let fine_ms = cfg.rollup_bucket_ms as i64;
+    all.add_live(period, t, fine_ms, &live.spend);
+    let summary = &mut all.summary;
+    let covered_ms = summary.add_live(period, t, fine_ms, &live.windows);
     let providers = provider_health(env, cfg, &summary.agg).await;
     let mut issues = std::mem::take(&mut summary.issues);
     for p in providers.iter().filter(|p| p.status == "ejected") {
@@ -180,6 +184,8 @@ pub async fn metrics(req: Request, env: &Env, cfg: &Config) -> AppResult<Respons
         providers: &providers,
         issues: &issues,
         prices: &cfg.platform_prices,
+        spend: &all.spend,
+        today: &all.today,
     };
     if format == "prometheus" {
         let headers = Headers::new();

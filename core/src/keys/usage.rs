@@ -145,7 +145,11 @@ impl Limit {
 }
 
 /// An admitted request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The budgets were appended after the first layout; an older object's answer (without them)
+/// still decodes, with both `None` (see the `Deserialize` impl below: an admission is the last
+/// thing in its reply, so absent trailing fields are an end of input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Admitted {
     /// Settle with this.
     pub reservation: u64,
@@ -155,6 +159,53 @@ pub struct Admitted {
     pub limits: Vec<Limit>,
     /// The groups the key may reach (empty: any), for the model's fallback targets.
     pub groups: Vec<String>,
+    /// The key's daily budget, micro-USD (for spend records).
+    pub budget_day_micro_usd: Option<u64>,
+    /// The key's monthly budget, micro-USD (for spend records).
+    pub budget_month_micro_usd: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for Admitted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Admitted;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an admission")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Admitted, A::Error> {
+                use serde::de::Error;
+                let missing = |i| A::Error::invalid_length(i, &"an admission");
+                let reservation = seq.next_element()?.ok_or_else(|| missing(0))?;
+                let name = seq.next_element()?.ok_or_else(|| missing(1))?;
+                let limits = seq.next_element()?.ok_or_else(|| missing(2))?;
+                let groups = seq.next_element()?.ok_or_else(|| missing(3))?;
+                // Absent in the first layout: the end of input reads as no budget.
+                let day: Option<Option<u64>> = seq.next_element().unwrap_or(None);
+                let month: Option<Option<u64>> = seq.next_element().unwrap_or(None);
+                Ok(Admitted {
+                    reservation,
+                    name,
+                    limits,
+                    groups,
+                    budget_day_micro_usd: day.flatten(),
+                    budget_month_micro_usd: month.flatten(),
+                })
+            }
+        }
+        const FIELDS: &[&str] = &[
+            "reservation",
+            "name",
+            "limits",
+            "groups",
+            "budget_day_micro_usd",
+            "budget_month_micro_usd",
+        ];
+        d.deserialize_struct("Admitted", FIELDS, V)
+    }
 }
 
 /// A refused request: a problem for the client, never an error of the object.
@@ -438,6 +489,8 @@ impl Usage {
             name: def.name.clone(),
             limits: self.limits(def, now, request.as_ref().map(|(p, d)| (*p, d))),
             groups: def.groups.clone(),
+            budget_day_micro_usd: def.budget_day_micro_usd,
+            budget_month_micro_usd: def.budget_month_micro_usd,
         })
     }
 

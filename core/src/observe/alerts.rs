@@ -36,6 +36,8 @@ pub enum Metric {
     P95Ms,
     /// 99th percentile latency, ms.
     P99Ms,
+    /// Percent of a key's daily budget spent today, per key ([`super::budget`]).
+    KeyBudgetUsedPct,
 }
 
 impl Metric {
@@ -50,6 +52,7 @@ impl Metric {
             Metric::ErrorRate => Some(a.error_rate()),
             Metric::P95Ms => a.latency.quantile(0.95),
             Metric::P99Ms => a.latency.quantile(0.99),
+            Metric::KeyBudgetUsedPct => None,
         }
     }
 
@@ -61,6 +64,7 @@ impl Metric {
             Metric::ErrorRate => "error_rate",
             Metric::P95Ms => "p95_ms",
             Metric::P99Ms => "p99_ms",
+            Metric::KeyBudgetUsedPct => "key_budget_used_pct",
         }
     }
 }

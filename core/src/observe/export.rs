@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 
 pub use super::issue::{Issue, Severity};
 use super::series::{Lifetime, Period};
+use super::spend::Spend;
+use super::spend_export::{spend_json, spend_prometheus};
 use super::Agg;
 use crate::{GatewayError, UnixMillis};
 
@@ -143,6 +145,10 @@ pub struct Snapshot<'a> {
     pub issues: &'a [Issue],
     /// Prices.
     pub prices: &'a Prices,
+    /// The period's spend per key and model (root buckets plus live shard windows).
+    pub spend: &'a Spend,
+    /// Today's spend (since UTC midnight), for budget use.
+    pub today: &'a Spend,
 }
 
 /// Top keys in `/metrics`.
@@ -233,6 +239,7 @@ pub fn metrics_json(s: &Snapshot<'_>) -> Value {
         "providers": providers,
         "health": { "status": health_status(s.issues), "issues": issues },
         "topKeys": top,
+        "spend": spend_json(s.spend, Some(s.today)),
     })
 }
 
@@ -447,6 +454,7 @@ pub fn prometheus(s: &Snapshot<'_>) -> String {
             })
             .collect::<Vec<_>>(),
     );
+    spend_prometheus(&mut out, s.spend, s.period);
     out
 }
 
@@ -525,6 +533,8 @@ mod tests {
             providers: &providers,
             issues: &issues,
             prices: &prices,
+            spend: &Spend::default(),
+            today: &Spend::default(),
         };
         let v = metrics_json(&s);
         assert_eq!(v["timestamp"], "2023-11-14T22:13:20.000Z");
@@ -563,6 +573,8 @@ mod tests {
             name: "g/al\"pha".into(),
             status: "ejected".into(),
         }];
+        let mut spend = Spend::default();
+        spend.record(&crate::observe::spend::tests::srec(0, "key_a", "gpt", 7));
         let text = prometheus(&Snapshot {
             now: UnixMillis(0),
             period: Period::Day,
@@ -572,7 +584,10 @@ mod tests {
             providers: &providers,
             issues: &[],
             prices: &prices,
+            spend: &spend,
+            today: &spend,
         });
+        assert!(text.contains("edge_gateway_key_spend_micro_usd{key=\"key_a\",period=\"24h\"} 7\n"));
         assert!(text.contains(
             "# TYPE edge_gateway_requests_total counter\nedge_gateway_requests_total 100\n"
         ));

@@ -12,6 +12,9 @@
 //!   [`BATCH_MEMORY_MS`] is acknowledged as a duplicate without being counted again (a retried
 //!   delivery); a new one is merged into the fine-bucket windows ([`Shard::ingest`]: a record
 //!   for sealed time counts in the first open bucket, as `late`) and its id remembered.
+//! - **Spend.** `Ingest` is `Record` with the batch's [`SpendRecord`]s: the same validation
+//!   (every spend record too), the same batch-id dedupe, and spend windows bucketed and sealed
+//!   exactly like the metric windows ([`ShardSpend`], same `sealed_before`).
 //! - **Collect.** Seals what ended `grace_ms` ago and answers the sealed windows at or after
 //!   the root's cursor plus the open ones (which the root uses for alerts, never merges).
 //! - **Alarm.** Seals, drops windows past retention and batch ids older than
@@ -19,8 +22,9 @@
 //!   forever once woken) and re-arms while windows remain.
 
 use super::series::Shard;
+use super::spend::{ShardSpend, Spend, SpendRecord};
 use super::Agg;
-use crate::protocol::aggregator::{Request, Response as Reply, Stats, Windows};
+use crate::protocol::aggregator::{Collected, Request, Response as Reply, Stats, Windows};
 use crate::{GatewayError, UnixMillis};
 
 /// Batch ids are remembered this long (a retried delivery arrives well within it).
@@ -56,22 +60,33 @@ impl Role {
     }
 
     /// The role a message makes its object take (stored before the message is handled):
-    /// `Record` makes a shard; `Run`, `Wake`, `Summary` and `Points` make the root.
+    /// `Record` and `Ingest` make a shard; `Run`, `Wake`, `Summary`, `SpendSummary` and
+    /// `Points` make the root.
     pub fn claimed_by(msg: &Request) -> Option<Role> {
         match msg {
-            Request::Record { .. } => Some(Role::Shard),
-            Request::Run | Request::Wake | Request::Summary { .. } | Request::Points { .. } => {
-                Some(Role::Root)
-            }
-            Request::Collect { .. } | Request::Stats | Request::Alerts | Request::Report => None,
+            Request::Record { .. } | Request::Ingest { .. } => Some(Role::Shard),
+            Request::Run
+            | Request::Wake
+            | Request::Summary { .. }
+            | Request::SpendSummary { .. }
+            | Request::Points { .. } => Some(Role::Root),
+            Request::Collect { .. }
+            | Request::CollectAll { .. }
+            | Request::Stats
+            | Request::Alerts
+            | Request::Report => None,
         }
     }
 
-    /// The machine that answers `msg` in an object whose role is `self`: `Record` and
-    /// `Collect` are a shard's, `Stats` follows the role, everything else is the root's.
+    /// The machine that answers `msg` in an object whose role is `self`: `Record`, `Ingest`,
+    /// `Collect` and `CollectAll` are a shard's, `Stats` follows the role, everything else is
+    /// the root's.
     pub fn answering(self, msg: &Request) -> Role {
         match msg {
-            Request::Record { .. } | Request::Collect { .. } => Role::Shard,
+            Request::Record { .. }
+            | Request::Ingest { .. }
+            | Request::Collect { .. }
+            | Request::CollectAll { .. } => Role::Shard,
             Request::Stats => self,
             _ => Role::Root,
         }
@@ -107,6 +122,8 @@ pub struct Stored {
     pub sealed_before: UnixMillis,
     /// Windows by bucket start, as postcard bytes.
     pub windows: Vec<(UnixMillis, Vec<u8>)>,
+    /// Spend windows by bucket start, as postcard bytes.
+    pub spend_windows: Vec<(UnixMillis, Vec<u8>)>,
     /// The counters.
     pub counters: Counters,
 }
@@ -121,6 +138,13 @@ pub enum Write {
         /// Its aggregate.
         agg: Agg,
     },
+    /// Upsert the spend window starting at `at`.
+    SpendWindow {
+        /// Bucket start.
+        at: UnixMillis,
+        /// Its spend.
+        spend: Spend,
+    },
     /// The seal moved.
     SealedBefore(UnixMillis),
     /// Remember batch `id`, received at `at`.
@@ -132,7 +156,7 @@ pub enum Write {
     },
     /// Add `delta` to a counter.
     Count(Counter, u64),
-    /// Delete windows starting before this.
+    /// Delete windows and spend windows starting before this.
     PruneWindows(UnixMillis),
     /// Forget batch ids received before this.
     PruneBatches(UnixMillis),
@@ -153,6 +177,7 @@ pub struct Effects {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     shard: Shard,
+    spend: ShardSpend,
     grace_ms: i64,
     counters: Counters,
 }
@@ -168,8 +193,16 @@ impl Ingest {
             .into_iter()
             .filter_map(|(at, bytes)| postcard::from_bytes::<Agg>(&bytes).ok().map(|a| (at, a)))
             .collect();
+        let spend = ShardSpend {
+            windows: stored
+                .spend_windows
+                .into_iter()
+                .filter_map(|(at, b)| postcard::from_bytes::<Spend>(&b).ok().map(|s| (at, s)))
+                .collect(),
+        };
         Ingest {
             shard,
+            spend,
             grace_ms,
             counters: stored.counters,
         }
@@ -179,7 +212,9 @@ impl Ingest {
     /// (an invalid id is refused without a look-up).
     pub fn batch(msg: &Request) -> Option<&str> {
         match msg {
-            Request::Record { batch, .. } if valid_batch(batch) => Some(batch),
+            Request::Record { batch, .. } | Request::Ingest { batch, .. } if valid_batch(batch) => {
+                Some(batch)
+            }
             _ => None,
         }
     }
@@ -189,7 +224,13 @@ impl Ingest {
         &self.shard
     }
 
-    /// Handles `Record`, `Collect` or `Stats` (`seen`: the batch id of a `Record` was stored
+    /// The shard's spend windows.
+    pub fn spend(&self) -> &ShardSpend {
+        &self.spend
+    }
+
+    /// Handles `Record`, `Ingest`, `Collect`, `CollectAll` or `Stats` (`seen`: the batch id of a
+    /// `Record` or `Ingest` was stored
     /// within [`BATCH_MEMORY_MS`]). Returns the reply, the storage changes and whether the
     /// alarm must be armed. On an error nothing changed. A [`Reply::Stats`] carries default
     /// object stats for the adapter to fill in. Other messages are the root's (an internal
@@ -201,62 +242,103 @@ impl Ingest {
         now: UnixMillis,
     ) -> Result<(Reply, Vec<Write>, bool), GatewayError> {
         match msg {
-            Request::Record { batch, records } => {
-                if !valid_batch(&batch) {
-                    return Err(GatewayError::bad_request("invalid-event", "bad batch id"));
-                }
-                for r in &records {
-                    r.validate()?;
-                }
-                if seen {
-                    self.counters.duplicate_batches += 1;
-                    let reply = Reply::Ingested {
-                        accepted: 0,
-                        late: 0,
-                        duplicate: true,
-                    };
-                    return Ok((
-                        reply,
-                        vec![Write::Count(Counter::DuplicateBatches, 1)],
-                        false,
-                    ));
-                }
-                let (touched, late) = self.shard.ingest(&records);
-                let mut writes: Vec<Write> = touched
-                    .iter()
-                    .filter_map(|at| {
-                        let agg = self.shard.windows.get(at)?.clone();
-                        Some(Write::Window { at: *at, agg })
-                    })
-                    .collect();
-                let accepted = records.len() as u64;
-                self.counters.records += accepted;
-                self.counters.late += u64::from(late);
-                writes.push(Write::Batch { id: batch, at: now });
-                writes.push(Write::Count(Counter::Records, accepted));
-                writes.push(Write::Count(Counter::Late, u64::from(late)));
-                let reply = Reply::Ingested {
-                    accepted: records.len() as u32,
-                    late,
-                    duplicate: false,
-                };
-                Ok((reply, writes, true))
-            }
+            Request::Record { batch, records } => self.record(batch, records, vec![], seen, now),
+            Request::Ingest {
+                batch,
+                records,
+                spend,
+            } => self.record(batch, records, spend, seen, now),
             Request::Collect { since } => {
                 let writes = self.seal(now);
-                let s = &self.shard;
-                let w = Windows {
-                    sealed: s.sealed_since(since),
-                    open: s.live_since(s.sealed_before.max(since)),
-                    sealed_before: s.sealed_before,
+                Ok((Reply::Windows(self.windows(since)), writes, false))
+            }
+            Request::CollectAll { since } => {
+                let writes = self.seal(now);
+                let windows = self.windows(since);
+                let sealed = self.shard.sealed_before;
+                let c = Collected {
+                    windows,
+                    spend_sealed: self.spend.sealed(since, sealed),
+                    spend_open: self.spend.live_since(sealed.max(since)),
                 };
-                Ok((Reply::Windows(w), writes, false))
+                Ok((Reply::Collected(c), writes, false))
             }
             Request::Stats => Ok((Reply::Stats(self.stats()), Vec::new(), false)),
             _ => Err(GatewayError::Internal(
                 "a root request reached the shard machine".into(),
             )),
         }
+    }
+
+    fn windows(&self, since: UnixMillis) -> Windows {
+        let s = &self.shard;
+        Windows {
+            sealed: s.sealed_since(since),
+            open: s.live_since(s.sealed_before.max(since)),
+            sealed_before: s.sealed_before,
+        }
+    }
+
+    /// A batch of records and spend records: validated whole, deduplicated by id.
+    fn record(
+        &mut self,
+        batch: String,
+        records: Vec<super::Record>,
+        spend: Vec<SpendRecord>,
+        seen: bool,
+        now: UnixMillis,
+    ) -> Result<(Reply, Vec<Write>, bool), GatewayError> {
+        if !valid_batch(&batch) {
+            return Err(GatewayError::bad_request("invalid-event", "bad batch id"));
+        }
+        for r in &records {
+            r.validate()?;
+        }
+        for r in &spend {
+            r.validate()?;
+        }
+        if seen {
+            self.counters.duplicate_batches += 1;
+            let reply = Reply::Ingested {
+                accepted: 0,
+                late: 0,
+                duplicate: true,
+            };
+            return Ok((
+                reply,
+                vec![Write::Count(Counter::DuplicateBatches, 1)],
+                false,
+            ));
+        }
+        let (touched, late) = self.shard.ingest(&records);
+        let mut writes: Vec<Write> = touched
+            .iter()
+            .filter_map(|at| {
+                let agg = self.shard.windows.get(at)?.clone();
+                Some(Write::Window { at: *at, agg })
+            })
+            .collect();
+        let fine_ms = self.shard.fine_ms;
+        for at in self.spend.ingest(&spend, fine_ms, self.shard.sealed_before) {
+            if let Some(s) = self.spend.windows.get(&at) {
+                writes.push(Write::SpendWindow {
+                    at,
+                    spend: s.clone(),
+                });
+            }
+        }
+        let accepted = records.len() as u64;
+        self.counters.records += accepted;
+        self.counters.late += u64::from(late);
+        writes.push(Write::Batch { id: batch, at: now });
+        writes.push(Write::Count(Counter::Records, accepted));
+        writes.push(Write::Count(Counter::Late, u64::from(late)));
+        let reply = Reply::Ingested {
+            accepted: records.len() as u32,
+            late,
+            duplicate: false,
+        };
+        Ok((reply, writes, true))
     }
 
     /// The shard's statistics (object stats left default).
@@ -276,12 +358,14 @@ impl Ingest {
     /// while windows remain.
     pub fn on_alarm(&mut self, now: UnixMillis) -> Effects {
         let mut writes = self.seal(now);
-        writes.push(Write::PruneWindows(self.shard.prune(now)));
+        let cut = self.shard.prune(now);
+        self.spend.prune(cut);
+        writes.push(Write::PruneWindows(cut));
         writes.push(Write::PruneBatches(now.plus_ms(-BATCH_MEMORY_MS)));
         Effects {
             writes,
             wake_root: true,
-            rearm: !self.shard.windows.is_empty(),
+            rearm: !self.shard.windows.is_empty() || !self.spend.windows.is_empty(),
         }
     }
 

@@ -11,17 +11,22 @@
 //!   damping, dedup with a repeat interval, and the webhook outbox.
 //! - [`export`]: the `/metrics` JSON and Prometheus text; [`report`]: the daily report;
 //!   [`issue`]: the [`issue::Severity`] and [`issue::Issue`] both alerts and export use.
+//! - [`spend`]: spend per virtual key and per model ([`spend::SpendRecord`], the bounded,
+//!   mergeable [`spend::Spend`]); [`budget`]: the per-key `key_budget_used_pct` alert rule.
 //! - [`ingest::Ingest`] and [`root::Root`]: the `AggregatorDO` shard and root as state machines
 //!   (`handle`, alarm work, storage [`root::Write`]s), so the adapter only loads, calls and
 //!   persists.
 
 pub mod alerts;
+pub mod budget;
 pub mod export;
 pub mod ingest;
 pub mod issue;
 pub mod report;
 pub mod root;
 pub mod series;
+pub mod spend;
+pub mod spend_export;
 
 pub use ingest::Ingest;
 pub use root::Root;

@@ -1,9 +1,12 @@
-//! The daily report: a day's volume, cost breakdown, top keys and tuning recommendations,
-//! computed by the root aggregator's alarm from the day's hour buckets.
+//! The daily report: a day's volume, cost breakdown, top keys, spend by virtual key and by
+//! model, and tuning recommendations, computed by the root aggregator's alarm from the day's
+//! hour buckets.
 
 use serde_json::{json, Value};
 
 use super::export::{Costs, Prices};
+use super::spend::Spend;
+use super::spend_export::spend_json;
 use super::Agg;
 use crate::UnixMillis;
 
@@ -89,10 +92,12 @@ pub fn recommend(day: &Agg) -> Vec<Recommendation> {
     out
 }
 
-/// The report document for the day starting at `day_start` (UTC midnight).
+/// The report document for the day starting at `day_start` (UTC midnight); `spend` is the
+/// day's spend (its `spend` object lists keys and models by cost, budget use included).
 pub fn daily_report(
     day_start: UnixMillis,
     day: &Agg,
+    spend: &Spend,
     generated_at: UnixMillis,
     complete: bool,
     prices: &Prices,
@@ -133,6 +138,7 @@ pub fn daily_report(
             "byProvider": providers,
         },
         "topKeys": top,
+        "spend": spend_json(spend, Some(spend)),
         "recommendations": recs,
     })
 }
@@ -169,9 +175,14 @@ mod tests {
             kinds.contains(&("cache-hit-rate", "gateway")),
             "70% < 75%: {kinds:?}"
         );
+        let mut spend = Spend::default();
+        spend.record(&crate::observe::spend::tests::srec(
+            86_400_000, "key_a", "gpt", 250,
+        ));
         let doc = daily_report(
             UnixMillis(86_400_000),
             &day,
+            &spend,
             UnixMillis(2 * 86_400_000),
             true,
             &Prices::default(),
@@ -179,6 +190,10 @@ mod tests {
         assert_eq!(doc["day"], "1970-01-02");
         assert_eq!(doc["volume"]["totalRequests"], 1000);
         assert_eq!(doc["costs"]["byProvider"][0]["name"], "g/alpha");
+        assert_eq!(doc["spend"]["keys"][0]["key"], "key_a");
+        assert_eq!(doc["spend"]["keys"][0]["cost_micro_usd"], 250);
+        assert_eq!(doc["spend"]["keys"][0]["budget_used_day_pct"], 25.0);
+        assert_eq!(doc["spend"]["models"][0]["model"], "gpt");
         assert!(doc["recommendations"].as_array().unwrap().len() >= 3);
         assert!(recommend(&Agg::default()).is_empty());
     }

@@ -23,17 +23,28 @@
 //! 5. [`Root::daily`]: after each UTC midnight, the previous day's report from its hour buckets,
 //!    once (the day is recorded even when it had no traffic).
 //!
+//! **Spend.** [`Root::merge_collected`] merges a shard's `CollectAll` answer: the metric windows
+//! through [`Root::merge`], and the sealed spend windows in `[cursor before, new seal)` into the
+//! spend buckets ([`SpendSeries`]), with their writes in the same list as the cursor's (one
+//! synchronous block), so spend is merged exactly once too: an answer applied twice finds the
+//! cursor already at its seal and merges nothing. Spend buckets are pruned with the metric
+//! buckets' cut-offs; the `key_budget_used_pct` rules ([`super::budget`]) are evaluated per key
+//! over today's spend.
+//!
 //! The read-only views (`Summary`, `Points`, `Alerts`, `Report`, `Stats`) are [`Root::handle`].
 
-use super::alerts::{Engine, Outbox};
+use super::alerts::{Engine, Metric, Outbox};
+use super::budget;
 use super::export::Prices;
 use super::ingest::Role;
 use super::report::daily_report;
 use super::series::{floor, Bucket, Lifetime, Series, HOUR_MS};
+use super::spend::{Spend, SpendSeries};
 use super::Agg;
 use crate::config::Config;
 use crate::protocol::aggregator::{
-    AlertsView, Request, Response as Reply, RunReport, Stats, Summary, Windows,
+    AlertsView, Collected, Request, Response as Reply, RunReport, SpendSummary, Stats, Summary,
+    Windows,
 };
 use crate::{GatewayError, UnixMillis};
 
@@ -56,6 +67,10 @@ pub struct Stored {
     pub fine: Vec<(UnixMillis, Vec<u8>)>,
     /// Hour buckets by start.
     pub hours: Vec<(UnixMillis, Vec<u8>)>,
+    /// Fine spend buckets by start.
+    pub spend_fine: Vec<(UnixMillis, Vec<u8>)>,
+    /// Hour spend buckets by start.
+    pub spend_hours: Vec<(UnixMillis, Vec<u8>)>,
     /// Per-shard cursors.
     pub cursors: Vec<(u32, UnixMillis)>,
     /// Lifetime counters.
@@ -82,6 +97,15 @@ pub enum Write {
         /// Its aggregate.
         agg: Agg,
     },
+    /// Upsert a spend bucket.
+    Spend {
+        /// Its table (`spend_fine` or `spend_hours`).
+        table: Table,
+        /// Bucket start.
+        at: UnixMillis,
+        /// Its spend.
+        spend: Spend,
+    },
     /// Upsert a shard's cursor.
     Cursor {
         /// Shard.
@@ -91,7 +115,7 @@ pub enum Write {
     },
     /// Store the lifetime counters.
     Lifetime(Lifetime),
-    /// Delete buckets past retention.
+    /// Delete buckets and spend buckets past retention.
     Prune {
         /// Fine buckets starting before this.
         fine_before: UnixMillis,
@@ -114,6 +138,7 @@ pub struct Run {
     /// The run's report.
     pub report: RunReport,
     open: Vec<(UnixMillis, Agg)>,
+    open_spend: Vec<(UnixMillis, Spend)>,
 }
 
 impl Run {
@@ -132,6 +157,7 @@ pub fn delivery_deadline(now: UnixMillis, timeout_ms: u64) -> UnixMillis {
 #[derive(Debug, Clone)]
 pub struct Root {
     series: Series,
+    spend: SpendSeries,
     engine: Engine,
     outbox: Outbox,
     report: Option<String>,
@@ -142,9 +168,11 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: Option<&[u8]>) -> Option<T> {
     bytes.and_then(|b| postcard::from_bytes(b).ok())
 }
 
-fn buckets(rows: Vec<(UnixMillis, Vec<u8>)>) -> std::collections::BTreeMap<UnixMillis, Agg> {
+fn buckets<T: serde::de::DeserializeOwned>(
+    rows: Vec<(UnixMillis, Vec<u8>)>,
+) -> std::collections::BTreeMap<UnixMillis, T> {
     rows.into_iter()
-        .filter_map(|(at, b)| decode::<Agg>(Some(&b)).map(|a| (at, a)))
+        .filter_map(|(at, b)| decode::<T>(Some(&b)).map(|a| (at, a)))
         .collect()
 }
 
@@ -158,8 +186,13 @@ impl Root {
         series.hours = buckets(stored.hours);
         series.cursors = stored.cursors.into_iter().collect();
         series.lifetime = decode(stored.lifetime.as_deref()).unwrap_or_default();
+        let spend = SpendSeries {
+            fine: buckets(stored.spend_fine),
+            hours: buckets(stored.spend_hours),
+        };
         Root {
             series,
+            spend,
             engine: decode(stored.engine.as_deref()).unwrap_or_default(),
             outbox: decode(stored.outbox.as_deref()).unwrap_or_default(),
             report: decode(stored.report.as_deref()),
@@ -170,6 +203,11 @@ impl Root {
     /// The merged series.
     pub fn series(&self) -> &Series {
         &self.series
+    }
+
+    /// The merged spend buckets.
+    pub fn spend(&self) -> &SpendSeries {
+        &self.spend
     }
 
     /// The alert engine.
@@ -223,17 +261,69 @@ impl Root {
         writes
     }
 
+    /// Merges one shard's `CollectAll` answer: its windows as [`Root::merge`] does and its
+    /// sealed spend windows from the old cursor to the new seal (see the module docs).
+    pub fn merge_collected(&mut self, run: &mut Run, shard: u32, c: Collected) -> Vec<Write> {
+        let before = self.series.cursor(shard);
+        let seal = c.windows.sealed_before;
+        let mut writes = self.merge(run, shard, c.windows);
+        if self.series.cursor(shard) > before {
+            let touched = self
+                .spend
+                .apply(&c.spend_sealed, before, seal, self.series.fine_ms);
+            for b in touched {
+                let (table, at, map) = match b {
+                    Bucket::Fine(t) => (Table::Fine, t, &self.spend.fine),
+                    Bucket::Hour(t) => (Table::Hour, t, &self.spend.hours),
+                };
+                if let Some(spend) = map.get(&at) {
+                    writes.push(Write::Spend {
+                        table,
+                        at,
+                        spend: spend.clone(),
+                    });
+                }
+            }
+        }
+        run.open_spend.extend(c.spend_open);
+        writes
+    }
+
+    /// Today's spend (since UTC midnight): merged buckets plus `open` shard windows.
+    fn today(&self, now: UnixMillis, open: &[(UnixMillis, Spend)]) -> Spend {
+        let midnight = floor(now, DAY_MS);
+        let mut t = self.spend.since(midnight);
+        for (_, s) in open.iter().filter(|(at, _)| *at >= midnight) {
+            t.merge(s);
+        }
+        t
+    }
+
+    /// The rules in force with one instance per key of every `key_budget_used_pct` rule that
+    /// has a state (for the views).
+    fn shown_rules(&self, cfg: &Config) -> Vec<super::alerts::Rule> {
+        budget::expand(&cfg.alert_rules, &self.engine.states, None).0
+    }
+
     /// After the merges: retention, then the alert rules over the merged buckets plus the open
     /// windows the shards answered; notifications are queued when a webhook is configured.
     pub fn finish_run(&mut self, run: &mut Run, now: UnixMillis, cfg: &Config) -> Vec<Write> {
         let (fine_before, hour_before) = self.series.prune(now);
+        self.spend.prune(fine_before, hour_before);
+        let today = self.today(now, &run.open_spend);
+        let (rules, keys) = budget::expand(&cfg.alert_rules, &self.engine.states, Some(&today));
         let series = &self.series;
         let open = &run.open;
         let notes = self.engine.evaluate(
             now,
-            &cfg.alert_rules,
+            &rules,
             i64::try_from(cfg.alert_repeat_interval_ms).unwrap_or(i64::MAX),
             |rule| {
+                if rule.metric == Metric::KeyBudgetUsedPct {
+                    return keys
+                        .get(&rule.name)
+                        .and_then(|k| budget::observe(&today, k));
+                }
                 let mut a = series.recent(now, rule.window_ms);
                 let since =
                     floor(now.plus_ms(-rule.window_ms), series.fine_ms).plus_ms(series.fine_ms);
@@ -298,9 +388,10 @@ impl Root {
         for a in self.series.hours.range(yesterday..today).map(|(_, a)| a) {
             day.merge(a);
         }
+        let spend = self.spend.hours_between(yesterday, today);
         let mut writes = Vec::new();
-        if day.requests > 0 {
-            let doc = daily_report(yesterday, &day, now, true, prices).to_string();
+        if day.requests > 0 || !spend.is_empty() {
+            let doc = daily_report(yesterday, &day, &spend, now, true, prices).to_string();
             self.report = Some(doc.clone());
             writes.push(Write::Report(doc));
         }
@@ -337,13 +428,11 @@ impl Root {
         let wake = Role::claimed_by(&msg) == Some(Role::Root);
         let reply = match msg {
             Request::Wake => Reply::Awake,
-            Request::Summary { period } => Reply::Summary(Box::new(Summary {
-                now,
-                agg: self.series.total(period, now),
-                lifetime: self.series.lifetime.clone(),
-                cursors: self.cursors(),
-                earliest: self.series.earliest(period, now),
-                issues: self.engine.issues(&cfg.alert_rules),
+            Request::Summary { period } => Reply::Summary(Box::new(self.summary(period, now, cfg))),
+            Request::SpendSummary { period } => Reply::SpendSummary(Box::new(SpendSummary {
+                summary: self.summary(period, now, cfg),
+                spend: self.spend.total(period, now, self.series.fine_ms),
+                today: self.today(now, &[]),
             })),
             Request::Points { period } => {
                 let (step_ms, points) = self.series.points(period, now, &[]);
@@ -354,7 +443,7 @@ impl Root {
                 }
             }
             Request::Alerts => Reply::Alerts(Box::new(AlertsView {
-                rules: cfg.alert_rules.clone(),
+                rules: self.shown_rules(cfg),
                 states: self.engine.states.clone(),
                 history: self.engine.history.iter().cloned().collect(),
                 webhook: cfg.alert_webhook_url.is_some(),
@@ -369,13 +458,27 @@ impl Root {
                     "Run is handled asynchronously".into(),
                 ))
             }
-            Request::Record { .. } | Request::Collect { .. } => {
+            Request::Record { .. }
+            | Request::Ingest { .. }
+            | Request::Collect { .. }
+            | Request::CollectAll { .. } => {
                 return Err(GatewayError::Internal(
                     "a shard request reached the root machine".into(),
                 ))
             }
         };
         Ok((reply, wake))
+    }
+
+    fn summary(&self, period: super::series::Period, now: UnixMillis, cfg: &Config) -> Summary {
+        Summary {
+            now,
+            agg: self.series.total(period, now),
+            lifetime: self.series.lifetime.clone(),
+            cursors: self.cursors(),
+            earliest: self.series.earliest(period, now),
+            issues: self.engine.issues(&self.shown_rules(cfg)),
+        }
     }
 
     /// The stored daily report, or (before the first) one for the last 24 hours.
@@ -388,6 +491,7 @@ impl Root {
         for a in self.series.hours.range(since..).map(|(_, a)| a) {
             day.merge(a);
         }
-        daily_report(floor(now, DAY_MS), &day, now, false, prices).to_string()
+        let spend = self.spend.hours_between(since, now.plus_ms(HOUR_MS));
+        daily_report(floor(now, DAY_MS), &day, &spend, now, false, prices).to_string()
     }
 }

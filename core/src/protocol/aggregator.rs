@@ -8,6 +8,7 @@ use super::ObjectStats;
 use crate::observe::alerts::{AlertState, Notification, Rule};
 use crate::observe::export::Issue;
 use crate::observe::series::{period_start, Lifetime, Period};
+use crate::observe::spend::{Spend, SpendRecord};
 use crate::observe::{Agg, Record};
 use crate::UnixMillis;
 
@@ -50,6 +51,73 @@ pub enum Request {
     Alerts,
     /// Root: the latest daily report (or one for the last 24 hours when none exists yet).
     Report,
+    /// Shard: record a batch of records and spend records (same batch-id dedupe as `Record`).
+    Ingest {
+        /// Batch id (unique per flush).
+        batch: String,
+        /// Records.
+        records: Vec<Record>,
+        /// Spend of settled AI requests.
+        spend: Vec<SpendRecord>,
+    },
+    /// Shard: like `Collect`, and the spend windows sealed with the same boundary
+    /// (answers [`Response::Collected`]).
+    CollectAll {
+        /// The root's cursor for this shard.
+        since: UnixMillis,
+    },
+    /// Root: the period's summary and spend under one set of cursors
+    /// (answers [`Response::SpendSummary`]).
+    SpendSummary {
+        /// Period.
+        period: Period,
+    },
+}
+
+/// A shard's windows and spend windows, sealed at the same boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Collected {
+    /// The metric windows (as `Collect` answers them).
+    pub windows: Windows,
+    /// Sealed spend windows at or after the requested cursor, before `windows.sealed_before`.
+    pub spend_sealed: Vec<(UnixMillis, Spend)>,
+    /// Spend windows not sealed yet (live).
+    pub spend_open: Vec<(UnixMillis, Spend)>,
+}
+
+/// The root's part of a `/metrics` answer with spend: the summary and the spend of the period
+/// and of today (UTC), all read under the summary's cursors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpendSummary {
+    /// The summary (its cursors also apply to the spend).
+    pub summary: Summary,
+    /// The period's merged spend.
+    pub spend: Spend,
+    /// Today's merged spend (since UTC midnight), for budget use.
+    pub today: Spend,
+}
+
+impl SpendSummary {
+    /// Adds the shards' spend windows the root has not merged (`live`, each at or after its
+    /// shard's cursor) to the period and to today.
+    pub fn add_live(
+        &mut self,
+        period: Period,
+        now: UnixMillis,
+        fine_ms: i64,
+        live: &[(UnixMillis, Spend)],
+    ) {
+        let start = period_start(period, now, fine_ms);
+        let midnight = crate::observe::series::floor(now, crate::observe::root::DAY_MS);
+        for (at, s) in live {
+            if *at >= start {
+                self.spend.merge(s);
+            }
+            if *at >= midnight {
+                self.today.merge(s);
+            }
+        }
+    }
 }
 
 /// A shard's windows.
@@ -201,4 +269,8 @@ pub enum Response {
     Alerts(Box<AlertsView>),
     /// The daily report as JSON text.
     Report(String),
+    /// A shard's windows and spend windows (to `CollectAll`).
+    Collected(Collected),
+    /// The root's summary with spend (to `SpendSummary`).
+    SpendSummary(Box<SpendSummary>),
 }

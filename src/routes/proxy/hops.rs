@@ -89,14 +89,14 @@ impl Books {
         cache: CacheOutcome,
         latency_ms: u32,
     ) -> Settled {
-        let tokens = body
-            .as_ref()
-            .and_then(|m| m.usage)
-            .map(|u| u64::from(u.input_tokens) + u64::from(u.output_tokens));
+        let usage = body.as_ref().and_then(|m| m.usage);
+        let tokens = usage.map(|u| u64::from(u.input_tokens) + u64::from(u.output_tokens));
         let s = p.settle(body);
         let settled = Settled {
             cost_micro_usd: s.cost_micro_usd,
             tokens,
+            input_tokens: usage.map_or(0, |u| u64::from(u.input_tokens)),
+            output_tokens: usage.map_or(0, |u| u64::from(u.output_tokens)),
         };
         let record = s.record(&self.group, self.record(status, cache, latency_ms));
         let providers = Providers::new(&self.env);
@@ -122,4 +122,8 @@ pub struct Settled {
     pub cost_micro_usd: u64,
     /// Prompt + completion tokens the answer reported (`None`: it reported none).
     pub tokens: Option<u64>,
+    /// Prompt tokens the answer reported (0: none reported).
+    pub input_tokens: u64,
+    /// Completion tokens the answer reported (0: none reported).
+    pub output_tokens: u64,
 }
