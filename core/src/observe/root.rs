@@ -48,8 +48,7 @@ use crate::protocol::aggregator::{
 };
 use crate::{GatewayError, UnixMillis};
 
-/// One UTC day, ms.
-pub const DAY_MS: i64 = 86_400_000;
+pub use super::series::DAY_MS;
 
 /// Which bucket table a [`Write::Bucket`] goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,8 @@ use super::Agg;
 use crate::UnixMillis;
 
 /// Hour bucket width.
+/// One UTC day, ms.
+pub const DAY_MS: i64 = 86_400_000;
 pub const HOUR_MS: i64 = 3_600_000;
 /// Fine buckets are kept this long.
 pub const FINE_RETENTION_MS: i64 = 86_400_000;

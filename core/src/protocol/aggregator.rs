@@ -108,7 +108,7 @@ impl SpendSummary {
         live: &[(UnixMillis, Spend)],
     ) {
         let start = period_start(period, now, fine_ms);
-        let midnight = crate::observe::series::floor(now, crate::observe::root::DAY_MS);
+        let midnight = crate::observe::series::floor(now, crate::observe::series::DAY_MS);
         for (at, s) in live {
             if *at >= start {
                 self.spend.merge(s);
