@@ -303,3 +303,72 @@ fn spend_per_key_is_the_sum_of_its_request_costs_and_a_budget_stops_it() {
     assert_eq!(k["usage"]["spent_micro_usd"].as_u64(), Some(116 * ok));
     assert_eq!(k["usage"]["spend_day_micro_usd"].as_u64(), Some(116 * ok));
 }
+
+#[test]
+fn spend_per_key_and_model_reaches_metrics_and_prometheus_exactly() {
+    // 5000 per request + 500 per 1k output tokens x 16 = 5008 micro-USD per answer.
+    ai_group(
+        "ai_metrics",
+        1,
+        json!({"cost_per_request_micro_usd": 5000, "cost_per_1k_output_micro_usd": 500}),
+    );
+    let (id, secret) = issue(json!({"budget_day_micro_usd": 1_000_000}));
+    const N: u64 = 4;
+    for _ in 0..N {
+        let r = chat(&secret, &sdk_body("e2e-metrics", json!({})));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let want = N * 5008;
+    let rt = &shared().rt;
+    // Forcing root runs between reads: whether a window is merged or still live in its shard,
+    // it counts once.
+    let (key, model) = eventually(Duration::from_secs(20), "the spend in /metrics", || {
+        rt.admin("POST", "/v1/rollup/run", &json!({}));
+        let m = rt.get("/metrics?period=1h").json();
+        gateway_e2e::assert_metrics_schema(&m);
+        let find = |list: &str, field: &str, name: &str| {
+            m["spend"][list]
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e[field] == name).cloned())
+        };
+        let key = find("keys", "key", &id)?;
+        let model = find("models", "model", "e2e-metrics")?;
+        (key["cost_micro_usd"].as_u64() == Some(want)
+            && model["cost_micro_usd"].as_u64() == Some(want))
+        .then_some((key, model))
+    });
+    assert_eq!(key["requests"].as_u64(), Some(N));
+    assert_eq!(
+        key["output_tokens"].as_u64(),
+        Some(16 * N),
+        "the mock's 16 per answer"
+    );
+    assert!(key["input_tokens"].as_u64().unwrap() >= N, "{key}");
+    assert_eq!(key["budget_day_micro_usd"].as_u64(), Some(1_000_000));
+    let pct = key["budget_used_day_pct"].as_f64().unwrap();
+    assert!((pct - want as f64 * 100.0 / 1e6).abs() < 0.01, "{key}");
+    assert_eq!(model["requests"].as_u64(), Some(N));
+    assert_eq!(model["output_tokens"].as_u64(), Some(16 * N));
+    // Another run merges nothing twice.
+    rt.admin("POST", "/v1/rollup/run", &json!({}));
+    let again = rt.get("/metrics?period=1h").json();
+    let cost = again["spend"]["keys"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["key"] == id.as_str()))
+        .map(|e| e["cost_micro_usd"].clone());
+    assert_eq!(cost, Some(json!(want)));
+    let prom = rt.get("/metrics?format=prometheus").text();
+    assert!(
+        prom.contains(&format!(
+            "edge_gateway_key_spend_micro_usd{{key=\"{id}\",period=\"1h\"}} {want}\n"
+        )),
+        "{prom}"
+    );
+    assert!(prom.contains(&format!(
+        "edge_gateway_key_tokens{{key=\"{id}\",kind=\"output\",period=\"1h\"}} {}\n",
+        16 * N
+    )));
+    assert!(prom.contains(&format!(
+        "edge_gateway_model_spend_micro_usd{{model=\"e2e-metrics\",period=\"1h\"}} {want}\n"
+    )));
+}

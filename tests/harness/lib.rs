@@ -393,7 +393,7 @@ pub fn providers_var(base: &str) -> String {
 }
 
 /// The models of the OpenAI-compatible suite: each test configures its own groups.
-pub const AI_MODELS: &str = r#"{"e2e-chat":[{"group":"ai_chat","model":"chat-upstream"}],"e2e-embed":[{"group":"ai_embed"}],"e2e-fallback":[{"group":"ai_down","model":"down-model"},{"group":"ai_up","model":"fallback-model"}],"e2e-tokens":[{"group":"ai_tok"}],"e2e-keys":[{"group":"ai_keys"}],"e2e-spend":[{"group":"ai_spend"}],"e2e-sdk":[{"group":"ai_sdk","model":"sdk-upstream"}]}"#;
+pub const AI_MODELS: &str = r#"{"e2e-chat":[{"group":"ai_chat","model":"chat-upstream"}],"e2e-embed":[{"group":"ai_embed"}],"e2e-fallback":[{"group":"ai_down","model":"down-model"},{"group":"ai_up","model":"fallback-model"}],"e2e-tokens":[{"group":"ai_tok"}],"e2e-keys":[{"group":"ai_keys"}],"e2e-spend":[{"group":"ai_spend"}],"e2e-sdk":[{"group":"ai_sdk","model":"sdk-upstream"}],"e2e-metrics":[{"group":"ai_metrics"}]}"#;
 
 /// `--var` overrides used by the suites: short alarm intervals, small caches, test policies.
 pub fn test_vars(upstream: &str) -> Vec<(&'static str, String)> {
