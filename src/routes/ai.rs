@@ -14,7 +14,7 @@
 //!
 //! Every error answers problem+json with OpenAI's `error` object beside it.
 
-use gateway_core::ai::{self, Endpoint, Target};
+use gateway_core::ai::{self, Endpoint};
 use gateway_core::config::Config;
 use gateway_core::keys::{self, Admission, Limit};
 use gateway_core::observe::spend::SpendRecord;
@@ -131,19 +131,12 @@ pub fn models(cfg: &Config) -> AppResult<Response> {
     json(&ai::models_list(&cfg.ai_models), 200)
 }
 
-/// The bearer secret of a request (`Authorization: Bearer …`, or `api-key` as Azure's SDKs send).
+/// The secret a request presents (`gateway_core::ai::presented_secret`).
 fn secret(req: &Request) -> Option<String> {
     let h = req.headers();
-    if let Ok(Some(v)) = h.get("Authorization") {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim().to_string());
-        }
-    }
-    h.get("api-key")
-        .ok()
-        .flatten()
-        .map(|v| v.trim().to_string())
+    let auth = h.get("Authorization").ok().flatten();
+    let api_key = h.get("api-key").ok().flatten();
+    ai::presented_secret(auth.as_deref(), api_key.as_deref()).map(str::to_string)
 }
 
 /// One OpenAI-compatible request.
@@ -232,7 +225,6 @@ async fn serve(
             });
         }
     };
-    let allowed = |t: &Target| admitted.groups.is_empty() || admitted.groups.contains(&t.group);
     let settle_key = KeySettle {
         env: env.clone(),
         shards: cfg.rate_limit_shards,
@@ -258,7 +250,7 @@ async fn serve(
     let mut last: Option<GatewayError> = None;
 
     // 3. Each allowed target in turn.
-    for target in targets.iter().filter(|t| allowed(t)) {
+    for target in ai::allowed_targets(targets, &admitted.groups) {
         let candidates = match first_picks.take() {
             Some(p) if target.group == first.group => p,
             _ => hops::candidates(env, &target.group, Default::default()).await,
@@ -313,7 +305,6 @@ async fn serve(
         match walked {
             Walked::Delivered(d, resp, ended) => {
                 let provider = p.candidate(d.candidate).map(|c| c.name.clone());
-                let ok = (200..300).contains(&d.status);
                 let status = d.status;
                 let settle_key = settle_key.clone();
                 ctx.wait_until(async move {
@@ -324,7 +315,8 @@ async fn serve(
                     s.cost_micro_usd += spent.cost_micro_usd;
                     // An error answer consumed no tokens; a success without usage keeps the
                     // estimate charged.
-                    if !ok {
+                    s.tokens = ai::charged_tokens(status, s.tokens);
+                    if s.tokens == Some(0) {
                         s = Settled {
                             tokens: Some(0),
                             input_tokens: 0,
