@@ -61,35 +61,39 @@ fn blob_put<T: Serialize>(db: &Db, name: &str, value: &T) -> Result<(), GatewayE
     )
 }
 
+/// Inserts or replaces one bucket row of `table` (`fine`, `hours`, `spend_fine`, `spend_hours`).
+fn upsert_bucket(
+    db: &Db,
+    table: &str,
+    at: gateway_core::UnixMillis,
+    blob: worker::SqlStorageValue,
+) -> Result<(), GatewayError> {
+    db.exec(
+        &format!(
+            "INSERT INTO {table} (bucket, agg) VALUES (?, ?) \
+             ON CONFLICT (bucket) DO UPDATE SET agg = excluded.agg"
+        ),
+        vec![at.0.into(), blob],
+    )
+}
+
 /// Persists what the root changed, in order.
 fn persist(db: &Db, writes: &[Write]) -> Result<(), GatewayError> {
     for w in writes {
         match w {
             Write::Bucket { table, at, agg } => {
-                let table = match table {
+                let name = match table {
                     Table::Fine => "fine",
                     Table::Hour => "hours",
                 };
-                db.exec(
-                    &format!(
-                        "INSERT INTO {table} (bucket, agg) VALUES (?, ?) \
-                         ON CONFLICT (bucket) DO UPDATE SET agg = excluded.agg"
-                    ),
-                    vec![at.0.into(), encode_blob(agg)?],
-                )?;
+                upsert_bucket(db, name, *at, encode_blob(agg)?)?;
             }
             Write::Spend { table, at, spend } => {
-                let table = match table {
+                let name = match table {
                     Table::Fine => "spend_fine",
                     Table::Hour => "spend_hours",
                 };
-                db.exec(
-                    &format!(
-                        "INSERT INTO {table} (bucket, agg) VALUES (?, ?) \
-                         ON CONFLICT (bucket) DO UPDATE SET agg = excluded.agg"
-                    ),
-                    vec![at.0.into(), encode_blob(spend)?],
-                )?;
+                upsert_bucket(db, name, *at, encode_blob(spend)?)?;
             }
             Write::Cursor {
                 shard,
