@@ -8,16 +8,16 @@ use gateway_core::{GatewayError, UnixMillis};
 
 use super::{encode_blob, Blob, Db};
 
-fn record(db: &Db, id: &str) -> Result<Option<KeyRecord>, GatewayError> {
-    let row =
-        db.one::<(Blob<KeyRecord>,)>("SELECT record FROM vkeys WHERE id = ?", vec![id.into()])?;
-    Ok(row.map(|(b,)| b.0))
-}
-
-fn usage(db: &Db, id: &str) -> Result<Option<Usage>, GatewayError> {
-    let row =
-        db.one::<(Blob<Usage>,)>("SELECT usage FROM vkey_usage WHERE id = ?", vec![id.into()])?;
-    Ok(row.map(|(b,)| b.0))
+/// The key's record and usage, in one query.
+fn rows(db: &Db, id: &str) -> Result<(Option<KeyRecord>, Option<Usage>), GatewayError> {
+    let row = db.one::<(Blob<KeyRecord>, Option<Blob<Usage>>)>(
+        "SELECT k.record, u.usage FROM vkeys k LEFT JOIN vkey_usage u ON u.id = k.id WHERE k.id = ?",
+        vec![id.into()],
+    )?;
+    Ok(match row {
+        Some((r, u)) => (Some(r.0), u.map(|b| b.0)),
+        None => (None, None),
+    })
 }
 
 fn persist(db: &Db, writes: Vec<Write>) -> Result<(), GatewayError> {
@@ -45,18 +45,21 @@ pub fn handle(
     now: UnixMillis,
 ) -> Result<Result<Reply, Request>, GatewayError> {
     if matches!(msg, Request::ListKeys) {
-        let rows: Vec<(String, Blob<KeyRecord>)> =
-            db.all("SELECT id, record FROM vkeys", vec![])?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, r) in rows {
-            out.push((r.0, usage(db, &id)?));
-        }
-        return Ok(Ok(store::list(out, now)));
+        let rows: Vec<(Blob<KeyRecord>, Option<Blob<Usage>>)> = db.all(
+            "SELECT k.record, u.usage FROM vkeys k LEFT JOIN vkey_usage u ON u.id = k.id",
+            vec![],
+        )?;
+        let rows = rows
+            .into_iter()
+            .map(|(r, u)| (r.0, u.map(|b| b.0)))
+            .collect();
+        return Ok(Ok(store::list(rows, now)));
     }
     let Some(id) = store::key_of(&msg).map(str::to_string) else {
         return Ok(Err(msg));
     };
-    let (reply, writes) = store::handle(msg, record(db, &id)?, usage(db, &id)?, now)?;
+    let (record, usage) = rows(db, &id)?;
+    let (reply, writes) = store::handle(msg, record, usage, now)?;
     persist(db, writes)?;
     Ok(Ok(reply))
 }

@@ -88,10 +88,9 @@ pub fn handle(
             else {
                 return Ok((Reply::Admission(Box::new(Err(unknown()))), vec![]));
             };
-            let before = usage.clone();
             let out = usage.admit(&r, &ask, now);
             // A refusal only rolls windows: nothing worth a write.
-            let writes = if out.is_ok() && usage != before {
+            let writes = if out.is_ok() {
                 vec![Write::Usage {
                     id,
                     usage: Box::new(usage),
